@@ -1,0 +1,1 @@
+"""nicemu: the hardware side of dispatch-emu (wire, NIC, traffic generator)."""
