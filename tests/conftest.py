@@ -1,0 +1,49 @@
+"""Suite-wide guards: no test may leave a shared-memory segment or a child process.
+
+Every test is checked, so a leak is pinned on the test that caused it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+
+import psutil
+import pytest
+
+SHM = "/dev/shm"
+_names = itertools.count()
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {n for n in os.listdir(SHM) if not n.startswith(("mp-", "sem.mp-"))}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers():
+    before = _shm_entries()
+    yield
+    me = psutil.Process()
+    deadline = time.monotonic() + 5.0
+    children = me.children(recursive=True)
+    while children and time.monotonic() < deadline:
+        time.sleep(0.05)
+        children = [c for c in me.children(recursive=True) if c.is_running()
+                    and c.status() != psutil.STATUS_ZOMBIE]
+    for c in children:  # stop them so the next test starts clean, then fail
+        c.kill()
+    leaked = _shm_entries() - before
+    for name in leaked:
+        os.unlink(os.path.join(SHM, name))
+    assert not children, f"test left child processes: {[c.pid for c in children]}"
+    assert not leaked, f"test left shared-memory segments: {sorted(leaked)}"
+
+
+@pytest.fixture
+def pool_name() -> str:
+    """A pool name unique to this test run."""
+    return f"demu-test-{os.getpid()}-{next(_names)}"
