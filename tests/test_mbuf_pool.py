@@ -38,7 +38,7 @@ def pool(pool_name):
 
 
 def test_derived_sizes():
-    assert (L.MSIZE, L.MLEN, L.MHLEN) == (256, 224, 128)
+    assert (L.MSIZE, L.MLEN, L.MHLEN) == (256, 224, 120)
     assert MLEN == L.MSIZE - L.M_HDR_BYTES
     assert MHLEN == MLEN - L.PKTHDR_BYTES
 

@@ -2,7 +2,7 @@
 
 A kernel moves packets by pointer. This package makes that possible between
 OS processes: one POSIX shared-memory segment per emulated host holds
-FreeBSD-shaped mbufs (MSIZE = 256 bytes, MLEN = 224, MHLEN = 128) and cluster
+FreeBSD-shaped mbufs (MSIZE = 256 bytes, MLEN = 224, MHLEN = 120) and cluster
 zones of 2k, 4k, 9k and 16k, and processes hand each other small integer
 handles. A received packet's bytes are written twice, by the NIC's DMA and by
 the socket layer's copyout; everything between moves a handle.

@@ -7,16 +7,17 @@ header word indices, the flag bits, the checksum flags and the zone sizes.
 An mbuf is MSIZE = 256 bytes, read as 64 little 32-bit words:
 
     words 0..7    m_hdr    next, nextpkt, data, len, type, flags, owner, ext
-    words 8..15   pkthdr   len, flowid, rsstype, rcvif, csum_flags,
-                           csum_data, hdrlens, vtag/tso_segsz
-    words 16..31  pkthdr   eight monotonic-ns timestamps (64-bit, TS_*)
+    words 8..17   pkthdr   len, flowid, rsstype, rcvif, csum_flags,
+                           csum_data, hdrlens, vtag/tso_segsz, sockid, aux
+    words 18..33  pkthdr   eight monotonic-ns timestamps (64-bit, TS_*)
     words 8..63   internal data of a plain mbuf (MLEN = 224 bytes)
-    words 32..63  internal data of a packet-header mbuf (MHLEN = 128 bytes)
+    words 34..63  internal data of a packet-header mbuf (MHLEN = 120 bytes)
 
 So, as FreeBSD derives them: MLEN = MSIZE - sizeof(m_hdr) = 256 - 32 = 224
-and MHLEN = MLEN - sizeof(pkthdr) = 224 - 96 = 128. (FreeBSD amd64 has
-MHLEN = 160; our pkthdr is 32 bytes larger because it carries the per-stage
-timestamps that the emulator's latency figures come from.)
+and MHLEN = MLEN - sizeof(pkthdr) = 224 - 104 = 120. (FreeBSD amd64 has
+MHLEN = 160; our pkthdr is larger because it carries the per-stage
+timestamps that the emulator's latency figures come from, and the socket a
+packet was delivered to, so that a handle alone says where it goes next.)
 
 External storage (M_EXT) lives in cluster zones; the `ext` word names the
 cluster by its pool-wide id (1-based, zone after zone), so 0 means "no
@@ -30,7 +31,8 @@ from __future__ import annotations
 MSIZE = 256
 WORDS_PER_MBUF = MSIZE // 4
 M_HDR_BYTES = 32
-PKTHDR_BYTES = 96
+PKTHDR_BYTES = 104
+PKTHDR_WORDS_END = (M_HDR_BYTES + PKTHDR_BYTES) // 4  # 34: header words a gethdr sets
 MLEN = MSIZE - M_HDR_BYTES
 MHLEN = MLEN - PKTHDR_BYTES
 M_DAT_OFF = M_HDR_BYTES  # internal data of a plain mbuf
@@ -54,8 +56,10 @@ W_CSUM_FLAGS = 12
 W_CSUM_DATA = 13
 W_HDRLENS = 14  # l2hlen | l3hlen << 8 | l4hlen << 16 (each up to 255)
 W_VTAG = 15  # ether_vtag | tso_segsz << 16
+W_SOCKID = 16  # socket-table index + 1 once a socket lookup matched (0: none)
+W_AUX = 17  # scratch for the stage that owns the packet (e.g. a next-hop index)
 # timestamps: 64-bit words, index in the u64 view = (m << 5) + Q_TS + slot
-Q_TS = 8
+Q_TS = 9
 NTS = 8
 TS_WIRE = 0  # the generator's send stamp (from the frame's payload)
 TS_DMA = 1  # the NIC's DMA into the cluster

@@ -278,7 +278,8 @@ class MbufPool:
         self._t_plain = memoryview(array("I", [0, 0, L.M_DAT_OFF, 0, L.MT_DATA, 0,
                                                self.inuse_tag, 0]))
         self._t_hdr = memoryview(array("I", [0, 0, L.M_PKTDAT_OFF, 0, L.MT_DATA, L.M_PKTHDR,
-                                             self.inuse_tag, 0] + [0] * 24))
+                                             self.inuse_tag, 0]
+                                            + [0] * (L.PKTHDR_WORDS_END - 8)))
         self._t_hdr_np = np.frombuffer(self._t_hdr, np.uint32).copy()
         self._t_plain_np = np.frombuffer(self._t_plain, np.uint32).copy()
         t_rx = self._t_hdr_np.copy()
@@ -449,7 +450,7 @@ class MbufPool:
             if not m:
                 return 0
         b = m << 6
-        self.w[b : b + 32] = self._t_hdr
+        self.w[b : b + L.PKTHDR_WORDS_END] = self._t_hdr
         if mtype != L.MT_DATA:
             self.w[b + L.W_TYPE] = mtype
         return m
@@ -567,7 +568,7 @@ class MbufPool:
         m_arr = np.array(ms, dtype=np.intp)
         if k:
             c_arr = np.array(cls, dtype=np.intp)
-            self._mh[m_arr, :32] = self._t_rx
+            self._mh[m_arr, : L.PKTHDR_WORDS_END] = self._t_rx
             self._ext_col[m_arr] = c_arr
             self._ref_col[c_arr] = 1
             self._cown_col[c_arr] = self.inuse_tag
@@ -579,7 +580,7 @@ class MbufPool:
         m_arr = np.array(ms, dtype=np.intp)
         if ms:
             if pkthdr:
-                self._mh[m_arr, :32] = self._t_hdr_np
+                self._mh[m_arr, : L.PKTHDR_WORDS_END] = self._t_hdr_np
             else:
                 self._mh[m_arr, :8] = self._t_plain_np
         return m_arr
@@ -741,7 +742,7 @@ class MbufPool:
         """m_move_pkthdr: `to` takes frm's pkthdr; frm becomes a plain mbuf."""
         w = self.w
         bt, bf = to << 6, frm << 6
-        w[bt + 8 : bt + 32] = w[bf + 8 : bf + 32]
+        w[bt + 8 : bt + L.PKTHDR_WORDS_END] = w[bf + 8 : bf + L.PKTHDR_WORDS_END]
         w[bt + L.W_FLAGS] = (w[bt + L.W_FLAGS] & ~L.M_COPYFLAGS) | \
             (w[bf + L.W_FLAGS] & L.M_COPYFLAGS)
         w[bf + L.W_FLAGS] &= ~L.M_PKTHDR
@@ -750,7 +751,7 @@ class MbufPool:
         """m_dup_pkthdr: `to` gets a copy of frm's pkthdr; frm keeps its own."""
         w = self.w
         bt, bf = to << 6, frm << 6
-        w[bt + 8 : bt + 32] = w[bf + 8 : bf + 32]
+        w[bt + 8 : bt + L.PKTHDR_WORDS_END] = w[bf + 8 : bf + L.PKTHDR_WORDS_END]
         w[bt + L.W_FLAGS] = (w[bt + L.W_FLAGS] & ~L.M_COPYFLAGS) | \
             (w[bf + L.W_FLAGS] & L.M_COPYFLAGS & ~L.M_RDONLY) | L.M_PKTHDR
 
