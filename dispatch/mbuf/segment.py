@@ -77,24 +77,24 @@ def process_alive(pid: int, start: int) -> bool:
     return pid > 0 and process_start_time(pid) == start
 
 
-def read_superblock(fd: int) -> Superblock | None:
+def read_superblock(fd: int, magic: bytes = MAGIC) -> Superblock | None:
     raw = os.pread(fd, SUPER.size, 0)
     if len(raw) < SUPER.size:
         return None
-    magic, version, pid, start, *counts = SUPER.unpack(raw)
-    if magic != MAGIC:
+    found, version, pid, start, *counts = SUPER.unpack(raw)
+    if found != magic:
         return None
     return Superblock(version, pid, start, tuple(counts))
 
 
-def segment_owner_alive(name: str) -> bool | None:
+def segment_owner_alive(name: str, magic: bytes = MAGIC) -> bool | None:
     """True if `name` exists and its creator lives, False if stale, None if absent."""
     try:
         fd = os.open(shm_path(name), os.O_RDONLY)
     except FileNotFoundError:
         return None
     try:
-        sb = read_superblock(fd)
+        sb = read_superblock(fd, magic)
     finally:
         os.close(fd)
     if sb is None:
@@ -102,9 +102,9 @@ def segment_owner_alive(name: str) -> bool | None:
     return process_alive(sb.creator_pid, sb.creator_start)
 
 
-def remove_stale(name: str) -> bool:
+def remove_stale(name: str, magic: bytes = MAGIC) -> bool:
     """Remove segment `name` if its creator is dead. Returns True if removed."""
-    if segment_owner_alive(name) is False:
+    if segment_owner_alive(name, magic) is False:
         try:
             os.unlink(shm_path(name))
         except FileNotFoundError:
@@ -113,10 +113,15 @@ def remove_stale(name: str) -> bool:
     return False
 
 
-def create_segment(name: str, size: int, counts: tuple[int, ...]) -> tuple[int, mmap.mmap]:
-    """Create the segment file (mode 0600) and map it; stale leftovers are removed."""
+def create_segment(name: str, size: int, counts: tuple[int, ...],
+                   magic: bytes = MAGIC) -> tuple[int, mmap.mmap]:
+    """Create the segment file (mode 0600) and map it; stale leftovers are removed.
+
+    `magic` (8 bytes) names the kind of segment (other shared tables reuse
+    this); `counts` is up to five geometry numbers recorded for attachers.
+    """
     path = shm_path(name)
-    remove_stale(name)
+    remove_stale(name, magic)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -133,11 +138,12 @@ def create_segment(name: str, size: int, counts: tuple[int, ...]) -> tuple[int, 
         os.unlink(path)
         raise
     pid = os.getpid()
-    mm[: SUPER.size] = SUPER.pack(MAGIC, VERSION, pid, process_start_time(pid), *counts)
+    counts = tuple(counts) + (0,) * (5 - len(counts))
+    mm[: SUPER.size] = SUPER.pack(magic, VERSION, pid, process_start_time(pid), *counts)
     return fd, mm
 
 
-def attach_segment(name: str) -> tuple[int, mmap.mmap, Superblock]:
+def attach_segment(name: str, magic: bytes = MAGIC) -> tuple[int, mmap.mmap, Superblock]:
     path = shm_path(name)
     try:
         fd = os.open(path, os.O_RDWR)
@@ -145,10 +151,11 @@ def attach_segment(name: str) -> tuple[int, mmap.mmap, Superblock]:
         raise PoolError(f"no pool named {name!r} (looked for {path})") from None
     except PermissionError:
         raise PoolError(f"pool {name!r} is not ours to open ({path} is mode 0600)") from None
-    sb = read_superblock(fd)
+    sb = read_superblock(fd, magic)
     if sb is None:
         os.close(fd)
-        raise PoolError(f"{path} is not a dispatch-emu pool (bad magic)")
+        raise PoolError(f"{path} is not a dispatch-emu {magic.decode(errors='replace')} "
+                        f"segment (bad magic)")
     if sb.version != VERSION:
         os.close(fd)
         raise PoolError(f"pool {name!r} has layout version {sb.version}, we speak {VERSION}")
