@@ -1,0 +1,197 @@
+"""Benchmark: mbuf pool alloc+free operations per second.
+
+Prints, as the median of N runs with min and max:
+  - single process, one at a time: m_get + m_free, and m_getcl + m_free;
+  - single process, batched by 32: getcl_batch + freem_batch;
+  - cross-process: process A allocates (m_getcl, mbuf + 2k cluster) and sends
+    the handles over ZeroMQ ipc:// to process B, which frees them; batched
+    by 1 and by 32 handles per message. B returns a credit every 64 batches
+    so A never runs the pool dry (as a ring's size bounds a real NIC).
+
+An "operation" is one buffer allocated and freed. Usage:
+    python bench/bench_mbuf.py [--runs 5] [--seconds 1.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from array import array
+
+import zmq
+
+from dispatch.mbuf import MbufPool, PoolConfig
+
+CONFIG = PoolConfig(nmbufs=65536, nclusters=32768, njumbop=16, njumbo9=4, njumbo16=4,
+                    bucket=256)
+CREDIT_EVERY = 64
+WINDOW = 256  # batches in flight
+
+
+def single_get(pool: MbufPool, seconds: float) -> float:
+    n = 0
+    get, free = pool.get, pool.free
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(10000):
+            free(get())
+        n += 10000
+        if time.perf_counter() >= end:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def single_getcl(pool: MbufPool, seconds: float) -> float:
+    n = 0
+    getcl, free = pool.getcl, pool.free
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(10000):
+            free(getcl())
+        n += 10000
+        if time.perf_counter() >= end:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def single_batch(pool: MbufPool, seconds: float, batch: int = 32) -> float:
+    n = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while True:
+        for _ in range(500):
+            pool.freem_batch(pool.getcl_batch(batch))
+        n += 500 * batch
+        if time.perf_counter() >= end:
+            break
+    return n / (time.perf_counter() - t0)
+
+
+def freer(pool_name: str, endpoint: str, credit_ep: str) -> None:
+    """Process B: receive handle batches, free them, return credit."""
+    pool = MbufPool.attach(pool_name, owner="freer")
+    ctx = zmq.Context()
+    rx = ctx.socket(zmq.PULL)
+    rx.connect(endpoint)
+    tx = ctx.socket(zmq.PUSH)
+    tx.connect(credit_ep)
+    got = 0
+    while True:
+        msg = rx.recv()
+        if msg == b"stop":
+            break
+        hs = memoryview(msg).cast("I")
+        if len(hs) == 1:
+            pool.free(hs[0])
+        else:
+            pool.freem_batch(hs)
+        got += 1
+        if got % CREDIT_EVERY == 0:
+            tx.send(b"c")
+    tx.send(b"done")
+    rx.close()
+    tx.close(linger=1000)
+    ctx.term()
+    pool.close()
+
+
+def cross(pool: MbufPool, seconds: float, batch: int, tmp: str) -> float:
+    endpoint = f"ipc://{tmp}/bench-mbuf-data"
+    credit_ep = f"ipc://{tmp}/bench-mbuf-credit"
+    ctx = zmq.Context()
+    tx = ctx.socket(zmq.PUSH)
+    tx.bind(endpoint)
+    credits = ctx.socket(zmq.PULL)
+    credits.bind(credit_ep)
+    child = subprocess.Popen([sys.executable, __file__, "--freer", pool.name, endpoint,
+                              credit_ep])
+    try:
+        in_flight = 0
+        sent = 0
+        # warm up: one round trip so both sides are connected before timing
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        while True:
+            if in_flight >= WINDOW:
+                credits.recv()
+                in_flight -= CREDIT_EVERY
+            if batch == 1:
+                m = pool.getcl()
+                if not m:
+                    credits.recv()
+                    in_flight -= CREDIT_EVERY
+                    continue
+                tx.send(array("I", (m,)).tobytes())
+            else:
+                hs = pool.getcl_batch(batch)
+                if len(hs) < batch:
+                    pool.freem_batch(hs)
+                    credits.recv()
+                    in_flight -= CREDIT_EVERY
+                    continue
+                tx.send(hs.astype("uint32").tobytes())
+            in_flight += 1
+            sent += 1
+            if sent % 256 == 0 and time.perf_counter() >= end:
+                break
+        tx.send(b"stop")
+        while credits.recv() != b"done":
+            pass
+        elapsed = time.perf_counter() - t0
+    finally:
+        child.wait(timeout=30)
+        tx.close(linger=0)
+        credits.close(linger=0)
+        ctx.term()
+    assert pool.audit().whole, pool.audit()
+    return sent * batch / elapsed
+
+
+def fmt(name: str, xs: list[float]) -> str:
+    return (f"{name:44s} {statistics.median(xs) / 1e6:7.3f} M/s "
+            f"[min {min(xs) / 1e6:.3f}, max {max(xs) / 1e6:.3f}]")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--freer":
+        freer(*sys.argv[2:5])
+        return
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--seconds", type=float, default=1.0)
+    args = ap.parse_args()
+    import tempfile
+
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+          f"Python {platform.python_version()}, {platform.platform()}")
+    print(f"median of {args.runs} runs, {args.seconds:.1f} s each; an op = alloc + free")
+    name = f"demu-bench-{os.getpid()}"
+    with tempfile.TemporaryDirectory() as tmp, MbufPool.create(name, CONFIG,
+                                                               owner="alloc") as pool:
+        cases = [
+            ("single process, m_get+m_free, one at a time", lambda: single_get(pool, args.seconds)),
+            ("single process, m_getcl+m_free, one at a time",
+             lambda: single_getcl(pool, args.seconds)),
+            ("single process, getcl+free batched by 32", lambda: single_batch(pool, args.seconds)),
+            ("cross-process m_getcl A -> free B, batch 1",
+             lambda: cross(pool, args.seconds, 1, tmp)),
+            ("cross-process m_getcl A -> free B, batch 32",
+             lambda: cross(pool, args.seconds, 32, tmp)),
+        ]
+        results: dict[str, list[float]] = {n: [] for n, _ in cases}
+        for _ in range(args.runs):  # interleaved, so drift hits every case alike
+            for n, fn in cases:
+                results[n].append(fn())
+        for n, _ in cases:
+            print(fmt(n, results[n]))
+
+
+if __name__ == "__main__":
+    main()
