@@ -17,8 +17,15 @@ _names = itertools.count()
 
 
 def _shm_entries() -> set[str]:
+    """Segments this test process (or a child it named them for) made.
+
+    Every segment a test creates carries the pytest process's pid in its name
+    (the `pool_name` fixture, and the runtime's run ids), so concurrent test
+    runs on the same machine never see, or delete, each other's segments.
+    """
+    tag = f"-{os.getpid()}-"
     try:
-        return {n for n in os.listdir(SHM) if not n.startswith(("mp-", "sem.mp-"))}
+        return {n for n in os.listdir(SHM) if tag in n}
     except FileNotFoundError:
         return set()
 

@@ -201,7 +201,9 @@ class Bimodal(_Weighted):
         seed: SeedLike = None,
     ) -> None:
         if not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"bimodal ratio (fraction of small frames) must be in 0..1, got {ratio}")
+            raise ValueError(
+                f"bimodal ratio (fraction of small frames) must be in 0..1, got {ratio}"
+            )
         super().__init__([(small, ratio), (large, 1.0 - ratio)], seed)
         self.small, self.large, self.ratio = _check_frame(small), _check_frame(large), ratio
 

@@ -1,0 +1,540 @@
+"""The wire: batches of Ethernet frames between a traffic generator and a NIC over ZeroMQ.
+
+Frames cross between processes (and, over ``tcp://``, between hosts) here and
+nowhere else, so the encoding is chosen for a Python data plane that must move
+a million small frames a second: one ZeroMQ multipart message per **batch**,
+never per frame, and no per-frame serialisation::
+
+    part 0  header   struct '<4sBBHIQ': magic b'NWB1', version 1, kind
+                     (1 DATA, 2 EOS, 3 ACK), flags (1 = stamps part present),
+                     count (frames in the batch), seq (DATA: batch number;
+                     EOS: frames sent in all; ACK: frames received in all)
+    part 1  lengths  array('I') of the frame lengths (little-endian u32)
+    part 2  payload  the frames concatenated, no padding between them
+    part 3  stamps   optional: array('Q'), one CLOCK_MONOTONIC ns per frame
+
+Decoding (:meth:`WireRx.recv_batch`) yields memoryviews into the received
+buffer: zero copies on the receiving side; :meth:`WireRx.recv_packed` does not
+even split it.  Frames carry no FCS (as everywhere in the project).
+
+Sockets: the sender is a DEALER and the receiver a ROUTER, i.e. PUSH/PULL
+semantics (the sender blocks at the high-water mark, the receiver fair-queues
+many senders) plus a way back to each sender.  That way back carries the one
+control exchange the data plane needs: a PUSH-like socket on ``ipc://`` that
+closes right after sending can lose its queued tail even with linger set, so
+:meth:`WireTx.close` (``confirm=True``) sends an end-of-stream marker and waits
+until the receiver acknowledges it, which it does as soon as its
+``recv_batch`` reads the marker.  One WireTx is meant to feed one receiver
+(with several connected peers batches are spread round-robin, like PUSH).
+
+Shaping (optional, on the sending side): ``line_rate_bps`` serialises every
+batch at that rate, counting ``(frame + 24) * 8`` bits per frame (FCS,
+preamble/SFD and inter-frame gap; :mod:`nicemu.trafgen.dist`'s convention),
+and ``delay_ns`` holds each batch for a propagation delay before it is handed
+to ZeroMQ, without limiting throughput (batches in flight queue at the sender).
+
+Socket options (security, buffer sizes...) go through ``sockopts`` (a mapping
+applied with ``setsockopt``) or ``configure`` (a callable given the socket),
+both applied before ``bind``/``connect``: this is where CURVE keys go.
+The data plane is plain blocking pyzmq on purpose (DESIGN.md s. 10).
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+import time
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from itertools import accumulate
+from types import TracebackType
+from typing import Any, Final
+
+import zmq
+
+__all__ = [
+    "DEFAULT_ENDPOINT_SCHEME",
+    "HEADER",
+    "MAGIC",
+    "KIND_DATA",
+    "KIND_EOS",
+    "KIND_ACK",
+    "FLAG_STAMPS",
+    "WIRE_OVERHEAD",
+    "WireError",
+    "WireStats",
+    "WireTx",
+    "WireRx",
+    "encode_batch",
+    "decode_batch",
+    "wire_bits_total",
+]
+
+DEFAULT_ENDPOINT_SCHEME: Final = "ipc://"
+MAGIC: Final = b"NWB1"
+VERSION: Final = 1
+KIND_DATA: Final = 1
+KIND_EOS: Final = 2
+KIND_ACK: Final = 3
+FLAG_STAMPS: Final = 1
+#: header: magic, version, kind, flags, count, seq
+HEADER: Final = struct.Struct("<4sBBHIQ")
+#: FCS + preamble/SFD + inter-frame gap, in bytes (same as dist.WIRE_OVERHEAD)
+WIRE_OVERHEAD: Final = 24
+_LITTLE: Final = sys.byteorder == "little"
+
+BufferLike = bytes | bytearray | memoryview
+
+
+class WireError(RuntimeError):
+    """A malformed wire message, or a wire used after close."""
+
+
+def _u32(values: Iterable[int]) -> array[int]:
+    a = array("I", values)
+    if not _LITTLE:
+        a.byteswap()
+    return a
+
+
+def _u64(values: Iterable[int]) -> array[int]:
+    a = array("Q", values)
+    if not _LITTLE:
+        a.byteswap()
+    return a
+
+
+def wire_bits_total(lengths: Iterable[int]) -> int:
+    """On-wire bits of frames of these lengths (each + 24 bytes of overhead)."""
+    n = 0
+    total = 0
+    for ln in lengths:
+        total += ln
+        n += 1
+    return (total + WIRE_OVERHEAD * n) * 8
+
+
+def encode_batch(
+    frames: Sequence[BufferLike], stamps: Sequence[int] | None = None, *, seq: int = 0
+) -> list[Any]:
+    """The multipart message for a batch (see the module docstring)."""
+    if stamps is not None and len(stamps) != len(frames):
+        raise ValueError(f"{len(stamps)} stamps for {len(frames)} frames")
+    lengths = _u32(map(len, frames))
+    flags = FLAG_STAMPS if stamps is not None else 0
+    parts: list[Any] = [
+        HEADER.pack(MAGIC, VERSION, KIND_DATA, flags, len(frames), seq),
+        lengths,
+        b"".join(frames),
+    ]
+    if stamps is not None:
+        parts.append(_u64(stamps))
+    return parts
+
+
+def _lengths_view(buf: BufferLike, count: int) -> Sequence[int]:
+    if len(buf) != 4 * count:
+        raise WireError(f"lengths part is {len(buf)} bytes for {count} frames")
+    if _LITTLE:
+        return memoryview(buf).cast("B").cast("I")
+    a = array("I", bytes(buf))
+    a.byteswap()
+    return a
+
+
+def _stamps_view(buf: BufferLike, count: int) -> Sequence[int]:
+    if len(buf) != 8 * count:
+        raise WireError(f"stamps part is {len(buf)} bytes for {count} frames")
+    if _LITTLE:
+        return memoryview(buf).cast("B").cast("Q")
+    a = array("Q", bytes(buf))
+    a.byteswap()
+    return a
+
+
+def decode_batch(
+    parts: Sequence[BufferLike],
+) -> tuple[list[memoryview], Sequence[int] | None]:
+    """Frames (memoryviews into ``parts[2]``) and stamps of a DATA message's parts."""
+    kind, flags, count, _seq = _check_header(parts[0])
+    if kind != KIND_DATA:
+        raise WireError(f"not a data message (kind {kind})")
+    return _split(parts, flags, count)
+
+
+def _check_header(h: BufferLike) -> tuple[int, int, int, int]:
+    if len(h) != HEADER.size:
+        raise WireError(f"header is {len(h)} bytes, expected {HEADER.size}")
+    magic, version, kind, flags, count, seq = HEADER.unpack(h)
+    if magic != MAGIC or version != VERSION:
+        raise WireError(f"bad magic/version {magic!r}/{version}")
+    return kind, flags, count, seq
+
+
+def _split(
+    parts: Sequence[BufferLike], flags: int, count: int
+) -> tuple[list[memoryview], Sequence[int] | None]:
+    want = 4 if flags & FLAG_STAMPS else 3
+    if len(parts) != want:
+        raise WireError(f"data message has {len(parts)} parts, expected {want}")
+    lengths = _lengths_view(parts[1], count)
+    payload = memoryview(parts[2]).cast("B")
+    ends = list(accumulate(lengths))
+    if (ends[-1] if ends else 0) != len(payload):
+        raise WireError(
+            f"payload is {len(payload)} bytes, lengths sum to {ends[-1] if ends else 0}"
+        )
+    starts = [0, *ends[:-1]]
+    frames = [payload[s:e] for s, e in zip(starts, ends)]
+    stamps = _stamps_view(parts[3], count) if want == 4 else None
+    return frames, stamps
+
+
+@dataclass(frozen=True, slots=True)
+class WireStats:
+    """Counters of one end of a wire."""
+
+    frames: int
+    bytes: int
+    batches: int
+    eos: int
+
+
+def _make_socket(
+    ctx: zmq.Context[Any],
+    kind: int,
+    endpoint: str,
+    *,
+    bind: bool,
+    hwm: int,
+    sockopts: Mapping[int, int | bytes],
+    configure: Callable[[zmq.Socket[Any]], None] | None,
+) -> zmq.Socket[Any]:
+    if "://" not in endpoint:
+        raise ValueError(
+            f"endpoint {endpoint!r} has no transport: use ipc://PATH (default, same host) "
+            "or tcp://HOST:PORT (another host)"
+        )
+    sock = ctx.socket(kind)
+    try:
+        sock.setsockopt(zmq.SNDHWM, hwm)
+        sock.setsockopt(zmq.RCVHWM, hwm)
+        sock.setsockopt(zmq.LINGER, 0)
+        for opt, value in sockopts.items():
+            sock.setsockopt(opt, value)
+        if configure is not None:
+            configure(sock)
+        if bind:
+            sock.bind(endpoint)
+        else:
+            sock.connect(endpoint)
+    except BaseException:
+        sock.close(0)
+        raise
+    return sock
+
+
+class WireTx:
+    """The sending end of a wire: ``send_batch(frames)``; ``close(confirm=True)``.
+
+    ``hwm`` is in batches (messages), not frames.  ``bind`` makes this end bind
+    the endpoint (default: connect to a receiver that binds).  ``line_rate_bps``
+    and ``delay_ns`` shape the wire (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = False,
+        hwm: int = 1000,
+        line_rate_bps: float | None = None,
+        delay_ns: int = 0,
+        max_in_flight: int = 4096,
+        sockopts: Mapping[int, int | bytes] | None = None,
+        configure: Callable[[zmq.Socket[Any]], None] | None = None,
+        context: zmq.Context[Any] | None = None,
+        clock: Callable[[], int] = time.monotonic_ns,
+    ) -> None:
+        if line_rate_bps is not None and not line_rate_bps > 0:
+            raise ValueError(f"line_rate_bps must be > 0, got {line_rate_bps}")
+        if delay_ns < 0:
+            raise ValueError(f"delay_ns must be >= 0, got {delay_ns}")
+        self.endpoint = endpoint
+        self.line_rate_bps = line_rate_bps
+        self.delay_ns = int(delay_ns)
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[Any] = zmq.Context() if context is None else context
+        try:
+            self._sock: zmq.Socket[Any] | None = _make_socket(
+                self._ctx, zmq.DEALER, endpoint, bind=bind, hwm=hwm,
+                sockopts=sockopts or {}, configure=configure,
+            )  # fmt: skip
+        except BaseException:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
+        self._clock = clock
+        self._line_free = 0
+        self._pending: deque[tuple[int, list[Any], int, int]] = deque()
+        self._max_in_flight = max(1, max_in_flight)
+        self.frames = 0
+        self.bytes = 0
+        self.batches = 0
+        self.acked: int | None = None
+
+    # -- sending ---------------------------------------------------------------
+    def send_batch(self, frames: Sequence[BufferLike], stamps: Sequence[int] | None = None) -> None:
+        """Send frames (bytes-like) as one message; ``stamps``: one ns value per frame."""
+        if not frames:
+            return
+        parts = encode_batch(frames, stamps, seq=self.batches)
+        nbytes = len(parts[2])
+        self._submit(parts, len(frames), nbytes)
+
+    def send_packed(
+        self,
+        lengths: BufferLike | Any,
+        payload: BufferLike | Any,
+        stamps: BufferLike | Any | None = None,
+    ) -> None:
+        """Send an already packed batch: ``lengths`` a buffer of little-endian u32
+        (array('I') or a numpy uint32 array), ``payload`` the frames concatenated,
+        ``stamps`` a buffer of u64 ns or None.  No per-frame work at all."""
+        lv = memoryview(lengths).cast("B")
+        count = len(lv) // 4
+        if count == 0:
+            return
+        pv = memoryview(payload).cast("B")
+        flags = FLAG_STAMPS if stamps is not None else 0
+        parts: list[Any] = [
+            HEADER.pack(MAGIC, VERSION, KIND_DATA, flags, count, self.batches),
+            lv,
+            pv,
+        ]
+        if stamps is not None:
+            parts.append(memoryview(stamps).cast("B"))
+        self._submit(parts, count, len(pv))
+
+    def _submit(self, parts: list[Any], count: int, nbytes: int) -> None:
+        sock = self._sock
+        if sock is None:
+            raise WireError("wire is closed")
+        self.frames += count
+        self.bytes += nbytes
+        self.batches += 1
+        if self.line_rate_bps is None and not self.delay_ns:
+            sock.send_multipart(parts, copy=False)
+            return
+        now = self._clock()
+        due = now
+        if self.line_rate_bps is not None:
+            bits = (nbytes + WIRE_OVERHEAD * count) * 8
+            start = max(now, self._line_free)
+            self._line_free = start + int(bits * 1e9 / self.line_rate_bps)
+            due = self._line_free
+        due += self.delay_ns
+        self._pending.append((due, parts, count, nbytes))
+        self._drain(block_all=len(self._pending) > self._max_in_flight)
+
+    def _drain(self, *, block_all: bool = False, everything: bool = False) -> None:
+        sock = self._sock
+        assert sock is not None
+        pend = self._pending
+        while pend:
+            due = pend[0][0]
+            now = self._clock()
+            if now < due:
+                if not (everything or block_all):
+                    return
+                _wait_until(due, self._clock)
+                block_all = False if len(pend) <= self._max_in_flight else block_all
+            sock.send_multipart(pend.popleft()[1], copy=False)
+
+    def flush(self) -> None:
+        """Hand every batch held by shaping to ZeroMQ (waiting until each is due)."""
+        if self._sock is not None:
+            self._drain(everything=True)
+
+    # -- closing ---------------------------------------------------------------
+    def close(self, *, confirm: bool = True, timeout_ms: int = 5000) -> bool:
+        """Flush, then (``confirm``) send the end-of-stream marker and wait up to
+        ``timeout_ms`` for the receiver's acknowledgement.  Returns True when
+        acknowledged (``acked`` then holds the receiver's total frame count),
+        False when not confirmed.  Closes the socket (and the context it made)."""
+        if self._sock is None:
+            return self.acked is not None
+        ok = False
+        try:
+            self.flush()
+            if confirm:
+                sock = self._sock
+                sock.send_multipart(
+                    [HEADER.pack(MAGIC, VERSION, KIND_EOS, 0, 0, self.frames)], copy=True
+                )
+                deadline = time.monotonic() + timeout_ms / 1000
+                while True:
+                    left = int((deadline - time.monotonic()) * 1000)
+                    if left <= 0 or not sock.poll(left, zmq.POLLIN):
+                        break
+                    msg = sock.recv_multipart()
+                    try:
+                        kind, _f, _c, seq = _check_header(msg[0])
+                    except WireError:
+                        continue
+                    if kind == KIND_ACK:
+                        self.acked = seq
+                        ok = True
+                        break
+        finally:
+            # without a confirmation, give ZeroMQ a moment to flush (no guarantee)
+            self._sock.close(0 if ok or confirm else 1000)
+            self._sock = None
+            if self._own_ctx:
+                self._ctx.term()
+        return ok
+
+    def stats(self) -> WireStats:
+        return WireStats(self.frames, self.bytes, self.batches, 0)
+
+    def __enter__(self) -> WireTx:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close(confirm=exc_type is None)
+
+
+def _wait_until(t_ns: int, clock: Callable[[], int]) -> None:
+    now = clock()
+    while now < t_ns:
+        rem = t_ns - now
+        if rem > 200_000:
+            time.sleep((rem - 100_000) / 1e9)
+        now = clock()
+
+
+class WireRx:
+    """The receiving end of a wire (binds by default).
+
+    ``recv_batch(timeout_ms)`` returns ``(frames, stamps)`` for the next data
+    batch (frames are memoryviews into the message; stamps None unless sent),
+    or None on timeout or when the message was an end-of-stream marker (which
+    it acknowledges).  ``ended`` turns True once ``senders`` markers arrived.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        bind: bool = True,
+        hwm: int = 1000,
+        senders: int = 1,
+        sockopts: Mapping[int, int | bytes] | None = None,
+        configure: Callable[[zmq.Socket[Any]], None] | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.senders = senders
+        self._own_ctx = context is None
+        self._ctx: zmq.Context[Any] = zmq.Context() if context is None else context
+        try:
+            self._sock: zmq.Socket[Any] | None = _make_socket(
+                self._ctx, zmq.ROUTER, endpoint, bind=bind, hwm=hwm,
+                sockopts=sockopts or {}, configure=configure,
+            )  # fmt: skip
+        except BaseException:
+            if self._own_ctx:
+                self._ctx.term()
+            raise
+        self.frames = 0
+        self.bytes = 0
+        self.batches = 0
+        self.eos = 0
+
+    @property
+    def ended(self) -> bool:
+        """True once every expected sender has sent its end-of-stream marker."""
+        return self.eos >= self.senders
+
+    @property
+    def socket(self) -> zmq.Socket[Any]:
+        """The underlying socket (for a poller)."""
+        if self._sock is None:
+            raise WireError("wire is closed")
+        return self._sock
+
+    def _recv(self, timeout_ms: int | None) -> tuple[list[Any], int, int] | None:
+        sock = self._sock
+        if sock is None:
+            raise WireError("wire is closed")
+        if timeout_ms is not None and not sock.poll(timeout_ms, zmq.POLLIN):
+            return None
+        msg = sock.recv_multipart(copy=False)
+        ident, head = msg[0], msg[1]
+        kind, flags, count, _seq = _check_header(head.buffer)
+        if kind == KIND_EOS:
+            self.eos += 1
+            sock.send_multipart(
+                [ident, HEADER.pack(MAGIC, VERSION, KIND_ACK, 0, 0, self.frames)], copy=True
+            )
+            return None
+        if kind != KIND_DATA:
+            raise WireError(f"unexpected message kind {kind}")
+        parts = [f.buffer for f in msg[1:]]
+        self.frames += count
+        self.batches += 1
+        if len(parts) > 2:
+            self.bytes += len(parts[2])
+        return parts, flags, count
+
+    def recv_batch(
+        self, timeout_ms: int | None = None
+    ) -> tuple[list[memoryview], Sequence[int] | None] | None:
+        """Next batch as (frames, stamps); None on timeout or end-of-stream."""
+        r = self._recv(timeout_ms)
+        if r is None:
+            return None
+        parts, flags, count = r
+        return _split(parts, flags, count)
+
+    def recv_packed(
+        self, timeout_ms: int | None = None
+    ) -> tuple[Sequence[int], memoryview, Sequence[int] | None] | None:
+        """Next batch unsplit: (lengths, payload, stamps); None on timeout or end-of-stream."""
+        r = self._recv(timeout_ms)
+        if r is None:
+            return None
+        parts, flags, count = r
+        want = 4 if flags & FLAG_STAMPS else 3
+        if len(parts) != want:
+            raise WireError(f"data message has {len(parts)} parts, expected {want}")
+        stamps = _stamps_view(parts[3], count) if want == 4 else None
+        return _lengths_view(parts[1], count), memoryview(parts[2]).cast("B"), stamps
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+            self._sock = None
+            if self._own_ctx:
+                self._ctx.term()
+
+    def stats(self) -> WireStats:
+        return WireStats(self.frames, self.bytes, self.batches, self.eos)
+
+    def __enter__(self) -> WireRx:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
