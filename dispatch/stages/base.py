@@ -176,6 +176,13 @@ class Ctx:
         self.stats.drops[reason.stage][reason.name] += 1
         self.pool.freem(m)
 
+    def absorb(self, m: int, stage: str) -> None:
+        """The stage took the packet for itself (a SYN, a pure ACK, an echo request):
+        not delivered, not dropped. Counted as ``absorbed.<stage>`` and freed, so
+        that every run can prove offered = delivered + dropped + absorbed + sent on."""
+        self.stats.counters[f"absorbed.{stage}"] += 1
+        self.pool.freem(m)
+
     def drop_many(self, ms: list[int], reason: Reason) -> None:
         if ms:
             self.stats.drops[reason.stage][reason.name] += len(ms)
