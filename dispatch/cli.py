@@ -6,10 +6,15 @@ Exit codes: 0 ok, 1 a failed run or check, 2 a usage error (argparse's own).
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from dispatch import __version__
+
+if TYPE_CHECKING:
+    from dispatch.runtime.config import RunConfig
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -58,12 +63,112 @@ def _pool_clean(args: argparse.Namespace) -> int:
     return status
 
 
+def _rate(text: str) -> float:
+    if text == "max":
+        return math.inf
+    try:
+        from nicemu.trafgen.dist import parse_rate
+
+        r = parse_rate(text)
+        if r.unit != "pps":
+            raise ValueError("give packets per second here (e.g. 100k), or 'max'")
+        return float(r.pps())
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"bad rate {text!r}: {e}") from None
+
+
+def add_workload_options(p: argparse.ArgumentParser) -> None:
+    """Options shared by run, compare and sweep (one place, one meaning)."""
+    from dispatch.runtime.config import PROTOS, SOURCES
+    from dispatch.runtime.netisr import POLICIES
+
+    p.add_argument("--netisr", type=int, default=1, metavar="N", help="netisr worker threads")
+    p.add_argument("--users", type=int, default=1, metavar="M", help="user threads")
+    p.add_argument("--rxq", type=int, default=1, metavar="Q", help="NIC rx queues (ithreads)")
+    p.add_argument("--policy", default="flow", choices=POLICIES, help="netisr placement policy")
+    p.add_argument("--qlimit", type=int, default=256, help="netisr queue limit (max 10240)")
+    p.add_argument("--batch", type=int, default=32, help="handles per message and per round")
+    p.add_argument("--quota", type=int, default=64, help="polling: packets per poll round")
+    p.add_argument("--source", default="internal", choices=SOURCES,
+                   help="traffic from the NIC's internal template source or the generator")
+    p.add_argument("--proto", default="udp", choices=PROTOS)
+    p.add_argument("--rate", type=_rate, default=math.inf, help="packets/s (100k, 1M) or max")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--duration", type=float, default=None, metavar="S")
+    g.add_argument("--count", type=int, default=None, metavar="N")
+    p.add_argument("--size", default="64", help="frame size in bytes incl. FCS, imix, bimodal")
+    p.add_argument("--flows", type=int, default=4)
+    p.add_argument("--replay", metavar="FILE", help="replay a pcap/pcapng capture")
+    p.add_argument("--fixcsum", action="store_true", help="recompute checksums on replay")
+    p.add_argument("--sockets", choices=["auto", "bound"], default="bound",
+                   help="auto: every address is the host's and new 4-tuples get sockets")
+    p.add_argument("--digest", action="store_true", help="sha256 of each socket's bytes")
+    p.add_argument("--no-rxcsum", action="store_true", help="turn rx checksum offload off")
+    p.add_argument("--lro", action="store_true", help="turn large receive offload on")
+    p.add_argument("--pin", action="store_true", help="pin ithreads and netisr to CPU 0")
+    p.add_argument("--ithread-prio", action="store_true",
+                   help="run ithreads at higher priority (SCHED_FIFO where permitted)")
+    p.add_argument("--seed", type=int, default=1)
+
+
+def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
+    from dispatch.runtime.config import RunConfig
+
+    duration = args.duration
+    if duration is None and args.count is None and args.replay is None:
+        duration = 2.0
+    return RunConfig(
+        model=model, netisr=args.netisr, users=args.users, rxq=args.rxq, policy=args.policy,
+        qlimit=args.qlimit, batch=args.batch, quota=args.quota, source=args.source,
+        proto=args.proto, rate=args.rate, duration=duration, count=args.count, size=args.size,
+        flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,
+        sockets_auto=args.sockets == "auto", digest=args.digest, rxcsum=not args.no_rxcsum,
+        lro=args.lro, pin=args.pin, ithread_prio=args.ithread_prio, seed=args.seed,
+    ).validate()
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from dispatch.runtime.config import ConfigError
+    from dispatch.runtime.controller import RunFailed, run_sync
+    from dispatch.runtime.summary import format_summary
+
+    try:
+        cfg = config_from_args(args, args.model)
+    except ConfigError as e:
+        print(f"dispatch run: {e}", file=sys.stderr)
+        return 2
+    try:
+        doc = run_sync(cfg)
+    except RunFailed as e:
+        print(f"dispatch run: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dispatch run: interrupted; everything stopped and cleaned up", file=sys.stderr)
+        return 1
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(doc, f, indent=1)
+    if not args.quiet:
+        print(format_summary(doc))
+    return 0 if doc["conservation"]["ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispatch", description=(
         "Run and compare network-stack dispatch models (direct, deferred, hybrid, "
         "polling, toe) as real processes."))
     p.add_argument("--version", action="version", version=f"dispatch-emu {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    from dispatch.runtime.placement import MODELS
+
+    run = sub.add_parser("run", help="run one dispatch model and print its figures")
+    run.add_argument("--model", default="direct", choices=list(MODELS))
+    add_workload_options(run)
+    run.add_argument("--json", metavar="FILE", help="write the result document here")
+    run.add_argument("--quiet", action="store_true")
+    run.set_defaults(func=_run)
     ns = sub.add_parser("netstat", help="show statistics in FreeBSD netstat layouts")
     ns.add_argument("-m", action="store_true", help="mbuf pool statistics (netstat -m)")
     ns.add_argument("--pool", help="name of a live pool (a /dev/shm segment)")

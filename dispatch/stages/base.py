@@ -216,23 +216,37 @@ class Runner:
     stage's batch is handled in list order, so per-flow order holds.
     """
 
-    def __init__(self, ctx: Ctx, local: Mapping[str, StageFn]) -> None:
+    def __init__(self, ctx: Ctx, local: Mapping[str, StageFn], *,
+                 clock: Callable[[], int] | None = None) -> None:
         self.ctx = ctx
         self.local = dict(local)
+        self.clock = clock
 
     def run(self, entry: str, batch: list[int], now: int) -> Routed:
-        """Run `batch` from stage `entry`; returns {stage: handles} for non-local stages."""
-        self.ctx.now = now
+        """Run `batch` from stage `entry`; returns {stage: handles} for non-local stages.
+
+        With a `clock` (a role process gives one; the inline reference does not),
+        ctx.now is refreshed before each stage after the first, so timestamps taken
+        by later stages show the work of the earlier ones. The stages themselves
+        still never read the clock.
+        """
+        ctx = self.ctx
+        ctx.now = now
+        clock = self.clock
         out: Routed = {}
         work: list[tuple[str, list[int]]] = [(entry, batch)]
         local = self.local
+        first = True
         while work:
             name, hs = work.pop(0)
             fn = local.get(name)
             if fn is None:
                 out.setdefault(name, []).extend(hs)
                 continue
-            routed = fn(self.ctx, hs)
+            if clock is not None and not first:
+                ctx.now = clock()
+            first = False
+            routed = fn(ctx, hs)
             for nxt, hs2 in routed.items():
                 if not hs2:
                     continue

@@ -1,0 +1,107 @@
+"""A run's configuration: every option, validated before any process starts.
+
+`RunConfig` is the one place a run's knobs live; the CLI, experiment files
+and the compose deployment all build one, and the result document records it
+whole (`as_dict`), so any run can be repeated. `validate()` raises
+`ConfigError` naming the bad value and what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from dispatch.mbuf import PoolConfig
+from dispatch.runtime.netisr import POLICIES, QLIMIT_MAX
+from dispatch.runtime.placement import MODELS
+
+SOURCES = ("internal", "trafgen")
+PROTOS = ("udp", "tcp")
+
+
+class ConfigError(ValueError):
+    """A bad option: the message names it and what is valid."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = "direct"
+    netisr: int = 1
+    users: int = 1
+    rxq: int = 1
+    policy: str = "flow"
+    qlimit: int = 256
+    batch: int = 32
+    quota: int = 64
+    source: str = "internal"
+    proto: str = "udp"
+    rate: float = math.inf  # packets per second; inf = as fast as possible
+    duration: float | None = 2.0
+    count: int | None = None
+    size: str = "64"
+    flows: int = 4
+    replay: str | None = None
+    fixcsum: bool = False
+    sockets_auto: bool = False
+    digest: bool = False
+    rxcsum: bool = True
+    txcsum: bool = True
+    tso: bool = False
+    lro: bool = False
+    ring_size: int = 1024
+    irq_frames: int = 32  # interrupt moderation: packets
+    irq_usecs: int = 50  # interrupt moderation: microseconds
+    pin: bool = False
+    ithread_prio: bool = False
+    seed: int = 1
+    pool: PoolConfig = field(default_factory=lambda: PoolConfig(
+        nmbufs=32768, nclusters=16384, njumbop=256, njumbo9=64, njumbo16=32))
+
+    def validate(self) -> RunConfig:
+        def bad(opt: str, val: object, valid: str) -> ConfigError:
+            return ConfigError(f"--{opt} {val!r} is not valid: {valid}")
+
+        if self.model not in MODELS:
+            raise bad("model", self.model, f"one of {', '.join(MODELS)}")
+        if self.policy not in POLICIES:
+            raise bad("policy", self.policy, f"one of {', '.join(POLICIES)}")
+        if self.source not in SOURCES:
+            raise bad("source", self.source, f"one of {', '.join(SOURCES)}")
+        if self.proto not in PROTOS:
+            raise bad("proto", self.proto, f"one of {', '.join(PROTOS)}")
+        for opt, val, lo, hi in (("netisr", self.netisr, 1, 64), ("users", self.users, 1, 64),
+                                 ("rxq", self.rxq, 1, 16), ("qlimit", self.qlimit, 1, QLIMIT_MAX),
+                                 ("batch", self.batch, 1, 4096), ("quota", self.quota, 1, 65536),
+                                 ("flows", self.flows, 1, 1 << 20),
+                                 ("ring-size", self.ring_size, 8, 65536)):
+            if not lo <= val <= hi:
+                raise bad(opt, val, f"an integer from {lo} to {hi}")
+        if self.ring_size & (self.ring_size - 1):
+            raise bad("ring-size", self.ring_size, "a power of two")
+        if not (self.rate > 0):
+            raise bad("rate", self.rate, "a positive packet rate, or 'max'")
+        if self.duration is None and self.count is None and self.replay is None:
+            raise ConfigError("give --duration S or --count N (or --replay FILE)")
+        if self.duration is not None and not self.duration > 0:
+            raise bad("duration", self.duration, "a positive number of seconds")
+        if self.count is not None and self.count < 1:
+            raise bad("count", self.count, "a positive number of packets")
+        if self.replay is not None and self.source != "trafgen":
+            raise ConfigError("--replay needs --source trafgen (the generator replays)")
+        from nicemu.trafgen.dist import parse_size_spec
+
+        try:
+            parse_size_spec(self.size)
+        except ValueError as e:
+            raise ConfigError(f"--size {self.size!r} is not valid: {e}") from None
+        return self
+
+    def replace(self, **kw: Any) -> RunConfig:
+        return dataclasses.replace(self, **kw)
+
+    def as_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["rate"] = "max" if math.isinf(self.rate) else self.rate
+        return d

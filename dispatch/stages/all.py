@@ -1,0 +1,13 @@
+"""Import every stage module, so that the stage registry holds the whole stack."""
+
+from dispatch.stages import (  # noqa: F401
+    ether,
+    forward,
+    icmp,
+    ip,
+    ip6,
+    socket,
+    tcp_input,
+    tcp_output,
+    udp,
+)
