@@ -105,7 +105,7 @@ def test_scrambled_stream_reassembles(pool: MbufPool, case: tuple) -> None:
         # every packet is accounted for: delivered + dropped + consumed (+ splits)
         stats = h.ctx.stats
         got = stats.counters["socket.rcv_packets"] + stats.total_drops() + \
-            stats.counters["tcp.consumed"] - stats.counters.get("tcp.reass_splits", 0)
+            stats.counters["absorbed.tcp_input"] - stats.counters.get("tcp.reass_splits", 0)
         assert got == len(ms) + 1
     finally:
         h.close()

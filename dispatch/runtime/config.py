@@ -56,6 +56,7 @@ class RunConfig:
     pin: bool = False
     ithread_prio: bool = False
     seed: int = 1
+    netisr_delay_us: float = 0.0  # slow every netisr worker by this per packet (a teaching knob)
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(
         nmbufs=32768, nclusters=16384, njumbop=256, njumbo9=64, njumbo16=32))
 

@@ -55,9 +55,12 @@ class TrafgenRole:
                               mac_bytes(PEER_MAC), mac_bytes(HOST_MAC)) for f in flows(cfg))
         self.replayer = None
         if cfg.replay:
+            from nicemu.trafgen.dist import Rate
             from nicemu.trafgen.replay import ReplayConfig, Replayer
 
-            self.replayer = Replayer(ReplayConfig(cfg.replay, timing="max",
+            paced = cfg.rate != float("inf")
+            self.replayer = Replayer(ReplayConfig(cfg.replay, timing="rate" if paced else "max",
+                                                  rate=Rate(cfg.rate, "pps") if paced else None,
                                                   fixcsum=cfg.fixcsum))
             self.gen = None
         else:

@@ -99,7 +99,9 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
     forwarded = sum(counters.get(k, 0) for k in ("ip.ips_forward", "ip6.ip6s_forward",
                                                   "icmp.icps_reflect", "icmp6.icp6s_reflect"))
     coalesced = counters.get("nic.lro_coalesced", 0)
-    accounted = delivered + dropped + absorbed + forwarded + coalesced
+    # a reassembly split turns one segment into two delivered packets
+    splits = counters.get("tcp.reass_splits", 0)
+    accounted = delivered + dropped + absorbed + forwarded + coalesced - splits
     in_flight = {"netisr": netisr.in_flight(), "rings": controller.rings_in_flight(),
                  "pool_in_use": pool.in_use()}
     audit = pool.audit()
@@ -110,6 +112,7 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
     if offered != accounted:
         missing.append(f"offered {offered} != delivered {delivered} + dropped {dropped} + "
                        f"absorbed {absorbed} + forwarded {forwarded} + coalesced {coalesced} "
+                       f"- reassembly splits {splits} "
                        f"(= {accounted}; {offered - accounted:+d} unaccounted)")
     if not nothing_in_flight:
         missing.append(f"still in flight: {in_flight}")

@@ -198,8 +198,11 @@ class IthreadRole(HostRole):
         self.irq_sock.bind(plan["irq_endpoints"][self.q])
         self.workers = [push_socket(self.zctx, ep) for ep in plan["netisr_endpoints"]]
         if self.hybrid:
-            local = [s for s in plan["local"]]
-            self.isr_runner = _runner(self.ctx, local)
+            # two runners: the ithread's own stages, and (inline, when the workstream
+            # is idle) the netisr stages too; which one runs is decided per batch
+            own = [s for s in plan["local"] if s not in NETISR_STAGES]
+            self.isr_runner = self.runner
+            self.runner = _runner(self.ctx, own)
         self.doorbell = push_socket(self.zctx, plan["doorbell_endpoint"])
         self.irq.set_disabled(False)
         self.irq.rearm()
@@ -332,7 +335,7 @@ class NetisrRole(HostRole):
         self.sock = self.zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.bind(plan["netisr_endpoints"][self.ws])
-        self.slow_ns = int(plan["config"].get("netisr_delay_ns", 0) or 0)
+        self.slow_ns = int(float(plan["config"].get("netisr_delay_us", 0) or 0) * 1000)
 
     def run(self, agent: Agent) -> None:
         wait_connected(self.users)

@@ -12,7 +12,7 @@ in the first nibble, csum_flags as the NIC set them. Output: payload-only
 packets to "soreceive" (W_SOCKID set), ACK / SYN-ACK / FIN / RST segments to
 "ip_output" / "ip6_output". Every other packet is dropped with a reason
 (tcp_var.TCP_DROPS) or consumed: control segments that carry no data (pure
-ACKs, SYNs, FINs, RSTs acted on) are counted as ``tcp.consumed``, which the
+ACKs, SYNs, FINs, RSTs acted on) are counted as ``absorbed.tcp_input`` (as Ctx.absorb does), which the
 conservation check adds to delivered + drops; out-of-order segments wait in
 the reassembly queue (in flight: tcp_reass.reass_held).
 
@@ -273,7 +273,7 @@ def tcp_input(ctx: Ctx, batch: list[int]) -> Routed:
         if d:
             st["tcp." + r.stat] += d
     if out.consumed:
-        st["tcp.consumed"] += len(out.consumed)
+        st["absorbed.tcp_input"] += len(out.consumed)
         pool.freem_batch(out.consumed)
     if out.rcv:
         out.tx[SORECEIVE] = out.rcv
