@@ -155,6 +155,54 @@ def _run(args: argparse.Namespace) -> int:
     return 0 if doc["conservation"]["ok"] else 1
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import json
+
+    from dispatch.compare import compare, format_table, write_csv
+    from dispatch.runtime.config import ConfigError
+    from dispatch.runtime.controller import RunFailed, _asyncio_run
+    from dispatch.runtime.placement import MODELS
+
+    models = args.models or ["direct", "deferred"]
+    bad = [m for m in models if m not in MODELS]
+    if bad:
+        print(f"dispatch compare: unknown model {bad[0]!r}; valid: {', '.join(MODELS)}",
+              file=sys.stderr)
+        return 2
+    if args.repeat < 1:
+        print("dispatch compare: --repeat must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        cfg = config_from_args(args, models[0])
+    except ConfigError as e:
+        print(f"dispatch compare: {e}", file=sys.stderr)
+        return 2
+
+    def progress(msg: str) -> None:
+        if not args.quiet:
+            print(f"  {msg}", file=sys.stderr, flush=True)
+
+    try:
+        out = _asyncio_run(compare(cfg, models, args.repeat, progress))
+    except RunFailed as e:
+        print(f"dispatch compare: FAILED: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("dispatch compare: interrupted; everything stopped and cleaned up",
+              file=sys.stderr)
+        return 1
+    summary = out["summary"]
+    print(format_table(summary, args.repeat))
+    public = {k: v for k, v in summary.items() if not k.startswith("_")}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"schema_version": 1, "runs": out["runs"], "summary": public}, f,
+                      indent=1)
+    if args.csv:
+        write_csv(args.csv, public)
+    return 0 if summary["conservation_ok"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dispatch", description=(
         "Run and compare network-stack dispatch models (direct, deferred, hybrid, "
@@ -169,6 +217,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="FILE", help="write the result document here")
     run.add_argument("--quiet", action="store_true")
     run.set_defaults(func=_run)
+    cmp_ = sub.add_parser("compare", help="compare dispatch models side by side")
+    cmp_.add_argument("models", nargs="*", metavar="MODEL",
+                      help=f"models to compare (default: direct deferred); valid: "
+                           f"{', '.join(MODELS)}")
+    add_workload_options(cmp_)
+    cmp_.add_argument("--repeat", type=int, default=3, help="runs per model, interleaved")
+    cmp_.add_argument("--json", metavar="FILE", help="every run's document plus the summary")
+    cmp_.add_argument("--csv", metavar="FILE", help="the summary table as CSV")
+    cmp_.add_argument("--quiet", action="store_true")
+    cmp_.set_defaults(func=_compare, rate=20_000.0, duration=None)
     ns = sub.add_parser("netstat", help="show statistics in FreeBSD netstat layouts")
     ns.add_argument("-m", action="store_true", help="mbuf pool statistics (netstat -m)")
     ns.add_argument("--pool", help="name of a live pool (a /dev/shm segment)")

@@ -78,6 +78,7 @@ class Controller:
         self._reader: asyncio.Task[None] | None = None
         self._failure: RunFailed | None = None
         self.pids: dict[str, int] = {}
+        self.peak_in_use = 0
 
     # ------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> Controller:
@@ -259,7 +260,14 @@ class Controller:
             await self.send(name, {"type": "start", "t0": t0})
         source = "trafgen0" if cfg.source == "trafgen" else "nic0"
         limit = (cfg.duration or 0) + self.timeout_s if cfg.duration else self.timeout_s * 4
-        done = await self.expect(source, "source_done", timeout=limit)
+        self.peak_in_use = 0
+        sampler = asyncio.create_task(self._sample_pool())
+        try:
+            done = await self.expect(source, "source_done", timeout=limit)
+        finally:
+            sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampler
         t1 = time.monotonic_ns()
         await self._quiesce()
         drained: dict[str, dict[str, Any]] = {}
@@ -288,6 +296,13 @@ class Controller:
                   sockets=self.sockets, role="controller")
         end_of_run(ctx)
         return ctx.stats.snapshot()
+
+    async def _sample_pool(self) -> None:
+        """Track the peak of mbufs in use while traffic runs (netstat -m is a snapshot)."""
+        assert self.pool is not None
+        while True:
+            self.peak_in_use = max(self.peak_in_use, self.pool.in_use())
+            await asyncio.sleep(0.01)
 
     def rings_in_flight(self) -> int:
         """Packets in the NIC's rx rings (not yet taken by an ithread) and tx rings."""

@@ -312,7 +312,7 @@ class IthreadRole(HostRole):
                 self.ctx.drop_many(g[fit:], QUEUE_DROPS.qdrop)
             if fit:
                 sent = g[:fit]
-                self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, now)
+                self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, time.monotonic_ns())
                 self.workers[ws].send_multipart([stage.encode(), _pack(sent)])
 
     def close(self) -> None:
