@@ -286,6 +286,8 @@ class MbufPool:
         t_rx[L.W_FLAGS] |= L.M_EXT
         t_rx[L.W_DATA] = 0
         self._t_rx = t_rx  # an rx-ring buffer: pkthdr mbuf on a cluster
+        self._cl_base_np: np.ndarray | None = None
+        self._seg_np: np.ndarray | None = None
         self._closed = False
 
     @classmethod
@@ -367,6 +369,7 @@ class MbufPool:
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
         del self._next_col, self._own_col, self._ext_col, self._state16
+        self._seg_np = None
         self.buf.release()
         try:
             self._mm.close()
@@ -648,6 +651,35 @@ class MbufPool:
         return self._mq[np.asarray(handles).astype(np.intp, copy=False), L.Q_TS : L.Q_TS + L.NTS]
 
     # -------------------------------------------------------- field access
+    @property
+    def headers(self) -> np.ndarray:
+        """All mbuf headers as a (nmbufs + 1, 64) uint32 array (row m = mbuf m): for
+        stages that read or write a whole batch's header words with one numpy call
+        (index with an intp array of handles)."""
+        return self._mh
+
+    @property
+    def stamps64(self) -> np.ndarray:
+        """All mbuf headers as a (nmbufs + 1, 32) uint64 array: timestamps at
+        column Q_TS + slot."""
+        return self._mq
+
+    @property
+    def cluster_base(self) -> np.ndarray:
+        """Absolute byte offset in `buf` of each cluster's storage, by cluster id
+        (an int64 array; index 0 unused)."""
+        if self._cl_base_np is None:
+            self._cl_base_np = np.array(self.cl_base, dtype=np.int64)
+        return self._cl_base_np
+
+    @property
+    def segment(self) -> np.ndarray:
+        """The whole segment as a flat uint8 array (gather frame bytes with fancy
+        indexing: ``segment[offsets[:, None] + np.arange(k)]``)."""
+        if self._seg_np is None:
+            self._seg_np = np.frombuffer(self._mm, np.uint8)
+        return self._seg_np
+
     def hget(self, m: int, word: int) -> int:
         return self.w[(m << 6) + word]
 
