@@ -154,6 +154,64 @@ def cross(pool: MbufPool, seconds: float, batch: int, tmp: str) -> float:
     return sent * batch / elapsed
 
 
+def ring_freer(pool_name: str, ring_name: str) -> None:
+    """Process B over a shared-memory SPSC ring: pop handle batches, free them."""
+    from nicemu.ring import RingSet
+
+    pool = MbufPool.attach(pool_name, owner="freer")
+    rings = RingSet.attach(ring_name)
+    ring = rings.rx[0]
+    stop = rings.tx[0]
+    while True:
+        hs = ring.pop_array(256)
+        if len(hs):
+            pool.freem_batch(hs)
+        elif len(stop):  # the allocator's "done" (a handle-less tx post)
+            break
+    rings.close()
+    pool.close()
+
+
+def cross_ring(pool: MbufPool, seconds: float, batch: int) -> float:
+    """Allocate in A, free in B, handles passed through a shared-memory ring:
+    the pool's own cross-process cost, without ZeroMQ's per-message cost."""
+    from nicemu.ring import RingSet
+
+    ring_name = f"{pool.name}.ring"
+    rings = RingSet.create(ring_name, rx_queues=1, tx_queues=1, rx_size=8192, tx_size=8)
+    child = subprocess.Popen([sys.executable, __file__, "--ring-freer", pool.name, ring_name])
+    try:
+        ring = rings.rx[0]
+        sent = 0
+        t0 = time.perf_counter()
+        end = t0 + seconds
+        while True:
+            hs = pool.getcl_batch(batch) if batch > 1 else _one(pool)
+            if len(hs) < batch:
+                pool.freem_batch(hs)
+                continue
+            while ring.push_many(hs) == 0:
+                pass
+            sent += batch
+            if sent % 4096 < batch and time.perf_counter() >= end:
+                break
+        while len(ring):
+            time.sleep(0.0001)
+        while pool.in_use():
+            time.sleep(0.0001)
+        elapsed = time.perf_counter() - t0
+        rings.tx[0].push_many([0])
+        child.wait(timeout=30)
+    finally:
+        rings.close()
+    return sent / elapsed
+
+
+def _one(pool: MbufPool) -> list[int]:
+    m = pool.getcl()
+    return [m] if m else []
+
+
 def fmt(name: str, xs: list[float]) -> str:
     return (f"{name:44s} {statistics.median(xs) / 1e6:7.3f} M/s "
             f"[min {min(xs) / 1e6:.3f}, max {max(xs) / 1e6:.3f}]")
@@ -162,6 +220,9 @@ def fmt(name: str, xs: list[float]) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--freer":
         freer(*sys.argv[2:5])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--ring-freer":
+        ring_freer(*sys.argv[2:4])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -184,6 +245,10 @@ def main() -> None:
              lambda: cross(pool, args.seconds, 1, tmp)),
             ("cross-process m_getcl A -> free B, batch 32",
              lambda: cross(pool, args.seconds, 32, tmp)),
+            ("  same over a shared-memory ring, batch 1",
+             lambda: cross_ring(pool, args.seconds, 1)),
+            ("  same over a shared-memory ring, batch 32",
+             lambda: cross_ring(pool, args.seconds, 32)),
         ]
         results: dict[str, list[float]] = {n: [] for n, _ in cases}
         for _ in range(args.runs):  # interleaved, so drift hits every case alike
