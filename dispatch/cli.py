@@ -77,6 +77,17 @@ def _rate(text: str) -> float:
         raise argparse.ArgumentTypeError(f"bad rate {text!r}: {e}") from None
 
 
+def _cpu_spec(text: str) -> tuple[str, tuple[int, ...]]:
+    role, eq, cpus = text.partition("=")
+    try:
+        if not eq:
+            raise ValueError
+        return role, tuple(int(c) for c in cpus.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"bad --cpu {text!r}: give ROLE=CPU[,CPU...], e.g. ithread=0") from None
+
+
 def add_workload_options(p: argparse.ArgumentParser) -> None:
     """Options shared by run, compare and sweep (one place, one meaning)."""
     from dispatch.runtime.config import PROTOS, SOURCES
@@ -105,7 +116,11 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--digest", action="store_true", help="sha256 of each socket's bytes")
     p.add_argument("--no-rxcsum", action="store_true", help="turn rx checksum offload off")
     p.add_argument("--lro", action="store_true", help="turn large receive offload on")
-    p.add_argument("--pin", action="store_true", help="pin ithreads and netisr to CPU 0")
+    p.add_argument("--cpu", action="append", default=[], metavar="ROLE=CPUS", type=_cpu_spec,
+                   help="pin every instance of a role to CPUs, e.g. ithread=0 netisr=0,1 "
+                        "(repeatable; not the default: pinning cost 10-40 %% here)")
+    p.add_argument("--bindthreads", action="store_true",
+                   help="net.isr.bindthreads: netisr worker i on CPU i")
     p.add_argument("--ithread-prio", action="store_true",
                    help="run ithreads at higher priority (SCHED_FIFO where permitted)")
     p.add_argument("--seed", type=int, default=1)
@@ -123,7 +138,8 @@ def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
         proto=args.proto, rate=args.rate, duration=duration, count=args.count, size=args.size,
         flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,
         sockets_auto=args.sockets == "auto", digest=args.digest, rxcsum=not args.no_rxcsum,
-        lro=args.lro, pin=args.pin, ithread_prio=args.ithread_prio, seed=args.seed,
+        lro=args.lro, cpus=tuple(args.cpu), bindthreads=args.bindthreads,
+        ithread_prio=args.ithread_prio, seed=args.seed,
     ).validate()
 
 

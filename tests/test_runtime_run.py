@@ -179,3 +179,31 @@ def test_bad_configuration_fails_before_any_process_starts():
                     (dict(replay="x.pcap"), "--source trafgen")):
         with pytest.raises(ConfigError, match=msg):
             RunConfig(**kw).validate()
+
+
+@pytest.mark.parametrize("policy", ["flow", "source", "cpu"])
+def test_several_queues_workers_and_users_under_each_policy(policy):
+    doc = run_sync(small(model="deferred", rxq=2, netisr=2, users=2, flows=8, policy=policy,
+                         cpus=(("user", (0,)),), bindthreads=True))
+    c = doc["conservation"]
+    assert c["ok"], c["missing"]
+    assert doc["delivered"] == 1500 and not doc["drops"]
+    per_q = doc["roles"]["nic0"]["rxq_packets"]
+    assert len(per_q) == 2 and all(per_q), "RSS must spread 8 flows over both rx queues"
+    handled = [w["handled"] for w in doc["netisr"]["workstreams"]]
+    assert sum(handled) == 1500
+    if policy in ("source", "cpu"):  # rx queue q -> workstream q
+        assert handled == per_q
+    else:
+        assert all(handled)
+    assert doc["roles"]["user0"]["cpus"] == [0] and doc["roles"]["user1"]["cpus"] == [0]
+    assert doc["roles"]["netisr1"]["cpus"] == [1]
+    assert doc["config"]["cpus"] == {"user": [0]}
+
+
+def test_the_ithread_can_be_given_a_higher_priority():
+    doc = run_sync(small(model="direct", count=300, ithread_prio=True))
+    assert doc["conservation"]["ok"]
+    r = doc["roles"]["ithread0"]
+    # SCHED_FIFO where permitted (root here), else a lower nice value
+    assert r["sched"] == "fifo" or r["nice"] < 0

@@ -15,7 +15,7 @@ from typing import Any
 
 from dispatch.mbuf import PoolConfig
 from dispatch.runtime.netisr import POLICIES, QLIMIT_MAX
-from dispatch.runtime.placement import MODELS
+from dispatch.runtime.placement import MODELS, ROLES
 
 SOURCES = ("internal", "trafgen")
 PROTOS = ("udp", "tcp")
@@ -53,8 +53,9 @@ class RunConfig:
     ring_size: int = 1024
     irq_frames: int = 32  # interrupt moderation: packets
     irq_usecs: int = 50  # interrupt moderation: microseconds
-    pin: bool = False
-    ithread_prio: bool = False
+    cpus: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (role, CPUs): pin every instance
+    bindthreads: bool = False  # net.isr.bindthreads: netisr worker i on CPU i % ncpu
+    ithread_prio: bool = False  # ithreads at higher priority (SCHED_FIFO, else nice -10)
     seed: int = 1
     netisr_delay_us: float = 0.0  # slow every netisr worker by this per packet (a teaching knob)
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(
@@ -79,6 +80,15 @@ class RunConfig:
                                  ("ring-size", self.ring_size, 8, 65536)):
             if not lo <= val <= hi:
                 raise bad(opt, val, f"an integer from {lo} to {hi}")
+        import os
+
+        ncpu = os.cpu_count() or 1
+        for role, cpus in self.cpus:
+            if role not in ROLES:
+                raise bad("cpu", role, f"a role: one of {', '.join(ROLES)}")
+            if not cpus or any(not 0 <= c < ncpu for c in cpus):
+                raise bad("cpu", f"{role}={','.join(map(str, cpus))}",
+                          f"CPU numbers from 0 to {ncpu - 1}")
         if self.ring_size & (self.ring_size - 1):
             raise bad("ring-size", self.ring_size, "a power of two")
         if not (self.rate > 0):
@@ -105,4 +115,16 @@ class RunConfig:
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["rate"] = "max" if math.isinf(self.rate) else self.rate
+        d["cpus"] = {role: list(c) for role, c in self.cpus}
         return d
+
+    def cpus_of(self, role: str, index: int) -> list[int] | None:
+        """The CPUs a role instance is pinned to, if any (--cpu, --bindthreads)."""
+        import os
+
+        for r, c in self.cpus:
+            if r == role:
+                return list(c)
+        if self.bindthreads and role == "netisr":
+            return [index % (os.cpu_count() or 1)]
+        return None

@@ -120,8 +120,8 @@ class Controller:
         self.launcher = LocalLauncher(s.ctl_endpoint)
         for role, idx in self._role_list():
             prio = c.ithread_prio and role == "ithread"
-            cpus = [0] if c.pin and role in ("ithread", "netisr") else None
-            child = self.launcher.spawn(role, idx, cpus=cpus, fifo=10 if prio else None)
+            child = self.launcher.spawn(role, idx, cpus=c.cpus_of(role, idx),
+                                        fifo=10 if prio else None)
             s.roles[child.name] = (role, idx)
             self.pids[child.name] = child.pid
         await self._gather("hello", list(s.roles))
@@ -281,6 +281,8 @@ class Controller:
         after = {n: procstat.sample(self.pids[n]) for n in s.roles}
         resources = {n: (after[n].minus(before[n]).as_dict() if after[n] and before[n] else {})
                      for n in s.roles}
+        for n, child in self.launcher.children.items():  # what pinning and priority it got
+            resources.setdefault(n, {}).update(child.placement())
         return R.build(cfg, controller=self, source_report=done.get("data", {}),
                        snapshots={n: m.get("data", {}) for n, m in drained.items()},
                        resources=resources, t0=t0, t1=t1)

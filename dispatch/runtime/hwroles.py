@@ -31,6 +31,7 @@ def _run_config(plan: dict[str, Any]) -> RunConfig:
     from dispatch.mbuf import PoolConfig
 
     c["pool"] = PoolConfig(**c["pool"])
+    c["cpus"] = tuple((r, tuple(v)) for r, v in c.get("cpus", {}).items())
     return RunConfig(rate=float("inf") if rate == "max" else float(rate), **c)
 
 

@@ -29,6 +29,17 @@ class Child:
     def pid(self) -> int:
         return self.proc.pid
 
+    def placement(self) -> dict[str, object]:
+        """The CPUs, scheduling policy and nice value the process actually has."""
+        try:
+            cpus = sorted(os.sched_getaffinity(self.pid))
+            policy = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo",
+                      os.SCHED_RR: "rr"}.get(os.sched_getscheduler(self.pid), "other")
+            nice = os.getpriority(os.PRIO_PROCESS, self.pid)
+        except (ProcessLookupError, PermissionError, OSError):
+            return {}
+        return {"cpus": cpus, "sched": policy, "nice": nice}
+
 
 @dataclass
 class LocalLauncher:

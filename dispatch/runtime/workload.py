@@ -34,7 +34,11 @@ def flows(cfg: RunConfig) -> list[Flow]:
     out = []
     for i in range(cfg.flows):
         src = f"10.0.{1 + (i // 250) % 250}.{1 + i % 250}"
-        out.append(Flow(src, HOST_V4, BASE_SPORT + i, BASE_DPORT + i, cfg.proto))
+        # Source ports spread by a multiplicative hash, not i: the Toeplitz hash is
+        # linear over GF(2), and flows whose address and ports all step by one can
+        # cancel in the low bits and land on a single rx queue.
+        sport = BASE_SPORT + (i * 2654435761) % 40000
+        out.append(Flow(src, HOST_V4, sport, BASE_DPORT + i, cfg.proto))
     return out
 
 

@@ -67,7 +67,7 @@ import ipaddress
 import mmap
 import os
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -420,6 +420,25 @@ class SocketTable:
             self._cache[key] = i
             self._wkeys.add(key)
         return i
+
+    def lookup_many(self, keys: Iterable[Key]) -> dict[Key, int] | None:
+        """lookup_key for several distinct keys at once: {key: index}, or None as soon
+        as one is not found. Same results and cache effects as calling lookup_key
+        for each, in order; cache hits are resolved without a call."""
+        gen = self.hq[H_GEN]
+        if gen != self._wgen:
+            self.lookup_key(next(iter(keys), (0, 0, 0, 0, 0)))  # refresh the cache
+        cache_get = self._cache.get
+        w = self.w
+        out: dict[Key, int] = {}
+        for key in keys:
+            i = cache_get(key)
+            if i is None or not w[i << 7] & SF_INHASH:
+                i = self.lookup_key(key)
+                if i < 0:
+                    return None
+            out[key] = i
+        return out
 
     def lookup(self, proto: int, laddr: str | bytes | int, lport: int,
                faddr: str | bytes | int, fport: int) -> int:
