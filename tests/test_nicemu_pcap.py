@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from shared_paths import CAPTURES  # noqa: E402
 
 from nicemu.pcap import (
     LINKTYPE_ETHERNET,
@@ -23,7 +24,6 @@ from nicemu.pcap import (
     read_pcapng,
 )
 
-CAPTURES = Path("/work/shared/captures")
 FILES = sorted(CAPTURES.glob("*.pcap*"))
 EXPECTED_COUNTS = {
     "chrissanders_http_ip4and6.pcapng": 20,

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_paths import CAPTURES  # noqa: E402
 
 from nicemu import rss
 from nicemu.rss import (
@@ -26,8 +26,6 @@ from nicemu.rss import (
     pack_inputs,
     toeplitz_hash,
 )
-
-CAPTURES = Path("/work/shared/captures")
 
 # Microsoft, "Verifying the RSS Hash Calculation" (Windows driver docs):
 # (destination, dst port, source, src port, hash of addresses only, hash with TCP)

@@ -13,6 +13,7 @@ import signal
 from pathlib import Path
 
 import pytest
+from shared_paths import CAPTURES  # noqa: E402
 
 from dispatch.packet.frames import build_udp_frame, pad_to_min
 from dispatch.runtime.config import RunConfig
@@ -24,7 +25,6 @@ from nicemu.trafgen.flows import Flow
 from nicemu.trafgen.impair import ImpairConfig, Impairer
 from nicemu.trafgen.tcpstream import hostless_segments
 
-CAPTURES = Path(__file__).resolve().parents[2] / "shared" / "captures"
 MODEL_NAMES = list(MODELS)
 
 
@@ -207,3 +207,8 @@ def test_the_ithread_can_be_given_a_higher_priority():
     r = doc["roles"]["ithread0"]
     # SCHED_FIFO where permitted (root here), else a lower nice value
     assert r["sched"] == "fifo" or r["nice"] < 0
+
+
+def test_the_shared_captures_are_there():
+    # the capture tests are parametrised over this folder: an empty glob must not pass
+    assert len(list(CAPTURES.glob("*.pcap*"))) == 4, f"no captures under {CAPTURES}"

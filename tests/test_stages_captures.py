@@ -11,13 +11,13 @@ installed, else a reassembly written here on scapy.
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from shared_paths import CAPTURES  # noqa: E402
 
 from dispatch.mbuf import MbufPool, PoolConfig
 from dispatch.mbuf import layout as L
@@ -30,7 +30,6 @@ from dispatch.stages.socktab import SocketTable
 from dispatch.stages.tcp_reass import tcp_reass_flush
 from nicemu.pcap import LINKTYPE_ETHERNET, read_packets
 
-CAPTURES = Path(os.environ.get("DEMU_CAPTURES", "/work/shared/captures"))
 FILES = sorted(p.name for p in CAPTURES.glob("*.pcap*")) if CAPTURES.is_dir() else []
 TSHARK = shutil.which("tshark")
 

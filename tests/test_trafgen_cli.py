@@ -7,6 +7,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from shared_paths import CAPTURES
 
 from nicemu.cli import main
 from nicemu.pcap import read_packets
@@ -90,7 +91,7 @@ def test_run_summary_paced_tcp(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 def test_replay_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ep = f"ipc://{tmp_path}/wire"
     n = [0]
-    src = "/work/shared/captures/chrissanders_tcp_dupack.pcapng"
+    src = str(CAPTURES / "chrissanders_tcp_dupack.pcapng")
     if not Path(src).exists():
         pytest.skip("captures not present")
     with WireRx(ep) as rx:

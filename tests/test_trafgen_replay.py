@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import Ether
+from shared_paths import CAPTURES as CAPS  # noqa: E402
 
 from nicemu.pcap import PcapWriter, read_packets
 from nicemu.trafgen.flows import make_flows
@@ -15,7 +16,6 @@ from nicemu.trafgen.replay import ReplayConfig, Replayer, fix_checksums, load_ca
 from nicemu.trafgen.tcpstream import hostless_segments
 from nicemu.wire import WireRx, WireTx
 
-CAPS = Path("/work/shared/captures")
 if not CAPS.is_dir():
     CAPS = Path(__file__).resolve().parents[2] / "shared" / "captures"
 
