@@ -54,3 +54,16 @@ def no_leftovers():
 def pool_name() -> str:
     """A pool name unique to this test run."""
     return f"demu-test-{os.getpid()}-{next(_names)}"
+
+
+@pytest.fixture
+def pool(pool_name: str):
+    """A small pool (stage_helpers.SMALL), closed after the test; a test module may
+    define its own `pool` fixture instead."""
+    from stage_helpers import SMALL
+
+    from dispatch.mbuf import MbufPool
+
+    p = MbufPool.create(pool_name, SMALL)
+    yield p
+    p.close()

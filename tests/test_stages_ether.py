@@ -2,63 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-
 import pytest
 from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
+from stage_helpers import SMALL, drops, free_all, load  # noqa: F401
 
-from dispatch.mbuf import MbufPool, PoolConfig
+from dispatch.mbuf import MbufPool
 from dispatch.mbuf import layout as L
 from dispatch.stages.base import Ctx, Runner, StackConfig
 from dispatch.stages.ether import ether_input, ether_output
 from dispatch.stages.route import Interface, NeighborTable, RouteTable
-
-SMALL = PoolConfig(nmbufs=1024, nclusters=512, njumbop=8, njumbo9=2, njumbo16=2, bucket=16)
-
-
-@pytest.fixture
-def pool(pool_name: str) -> Iterator[MbufPool]:
-    p = MbufPool.create(pool_name, SMALL)
-    yield p
-    p.close()
-
-
-def load(pool: MbufPool, frame: bytes, *, csum_flags: int = 0, csum_data: int = 0,
-         cuts: Sequence[int] = (), lead: int = 0) -> int:
-    """Put a frame in an rx-style mbuf (a cluster), or a chain cut at `cuts`."""
-    bounds = [0, *sorted(c for c in cuts if 0 < c < len(frame)), len(frame)]
-    head = prev = 0
-    for a, z in zip(bounds, bounds[1:]):
-        m = pool.getcl(pkthdr=not head)
-        assert m
-        pool.w[(m << 6) + L.W_DATA] = lead if not head else 0
-        o = pool.data_offset(m)
-        pool.buf[o : o + z - a] = frame[a:z]
-        pool.w[(m << 6) + L.W_LEN] = z - a
-        if prev:
-            pool.w[(prev << 6) + L.W_NEXT] = m
-        else:
-            head = m
-        prev = m
-    w = pool.w
-    w[(head << 6) + L.W_PKTLEN] = len(frame)
-    w[(head << 6) + L.W_CSUM_FLAGS] = csum_flags
-    w[(head << 6) + L.W_CSUM_DATA] = csum_data
-    return head
-
-
-def drops(ctx: Ctx) -> dict[str, dict[str, int]]:
-    return {s: {r: n for r, n in d.items() if n} for s, d in ctx.stats.drops.items()
-            if any(d.values())}
-
-
-def free_all(pool: MbufPool, out: Mapping[str, list[int]]) -> None:
-    for hs in out.values():
-        for m in hs:
-            pool.freem(m)
-    assert pool.audit().whole, pool.audit()
 
 
 def run_in(pool: MbufPool, frames: list[int], **cfg: object) -> tuple[Ctx, dict[str, list[int]]]:
