@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from array import array
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -154,6 +155,29 @@ class HostRole:
         self.ctx.now = now
         frag_timeout(self.ctx)
         self.dispatch_out(tcp_timers(self.ctx), now)
+
+    def serve_queue(self, agent: Agent, sock: zmq.Socket, work: Callable[[], bool], *,
+                    timers: bool) -> None:
+        """The loop of a role fed by one queue: block on it (and on control), run
+        `work` (which takes what is queued, up to a batch) when it is readable; on
+        drain, run `work` until the queue is empty, then flush what is held."""
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(agent.ctl, zmq.POLLIN)
+        while True:
+            ev = dict(poller.poll(100))
+            if agent.ctl in ev and agent.poll_control():
+                if agent.draining:
+                    while work():
+                        pass
+                    self.end_of_run()
+                    self.reclaim_tx()
+                return
+            if sock in ev:
+                work()
+            if timers:
+                self.timers(time.monotonic_ns())
+            self.reclaim_tx()
 
     def end_of_run(self) -> None:
         """Drain: fragments this process still holds will never complete."""
@@ -339,22 +363,7 @@ class NetisrRole(HostRole):
 
     def run(self, agent: Agent) -> None:
         wait_connected(self.users)
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(agent.ctl, zmq.POLLIN)
-        while True:
-            ev = dict(poller.poll(100))
-            if agent.ctl in ev and agent.poll_control():
-                if agent.draining:
-                    while self.drain_once():
-                        pass
-                    self.end_of_run()
-                    self.reclaim_tx()
-                return
-            if self.sock in ev:
-                self.drain_once()
-            self.timers(time.monotonic_ns())
-            self.reclaim_tx()
+        self.serve_queue(agent, self.sock, self.drain_once, timers=True)
 
     def drain_once(self) -> bool:
         """Take what is queued, up to the batch size, and run it. False if nothing was."""
@@ -404,18 +413,7 @@ class UserRole(HostRole):
         self.stride = 1
 
     def run(self, agent: Agent) -> None:
-        poller = zmq.Poller()
-        poller.register(self.sock, zmq.POLLIN)
-        poller.register(agent.ctl, zmq.POLLIN)
-        while True:
-            ev = dict(poller.poll(100))
-            if agent.ctl in ev and agent.poll_control():
-                if agent.draining:
-                    while self.receive_once():
-                        pass
-                return
-            if self.sock in ev:
-                self.receive_once()
+        self.serve_queue(agent, self.sock, self.receive_once, timers=False)
 
     def receive_once(self) -> bool:
         hs: list[int] = []

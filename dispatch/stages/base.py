@@ -123,8 +123,10 @@ class Stats:
         return sum(sum(d.values()) for d in self.drops.values())
 
     def snapshot(self) -> dict[str, Any]:
-        return {"counters": dict(self.counters),
-                "drops": {s: dict(d) for s, d in self.drops.items() if d}}
+        """Plain ints (a stage may have added numpy integers), ready for msgpack."""
+        return {"counters": {k: int(v) for k, v in self.counters.items()},
+                "drops": {s: {r: int(n) for r, n in d.items()}
+                          for s, d in self.drops.items() if d}}
 
     def merge(self, snap: Mapping[str, Any]) -> None:
         for k, v in snap.get("counters", {}).items():
