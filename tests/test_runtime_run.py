@@ -185,7 +185,7 @@ def test_bad_configuration_fails_before_any_process_starts():
 @pytest.mark.parametrize("policy", ["flow", "source", "cpu"])
 def test_several_queues_workers_and_users_under_each_policy(policy):
     doc = run_sync(small(model="deferred", rxq=2, netisr=2, users=2, flows=8, policy=policy,
-                         cpus=(("user", (0,)),), bindthreads=True))
+                         cpus=(("user", (0,)),), bindthreads=True, rate=5000.0, qlimit=2048))
     c = doc["conservation"]
     assert c["ok"], c["missing"]
     assert doc["delivered"] == 1500 and not doc["drops"]
