@@ -20,14 +20,45 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _netstat(args: argparse.Namespace) -> int:
-    from dispatch.mbuf import MbufPool, PoolError
-    from dispatch.netstat import format_mbuf
+    import json
 
+    from dispatch.mbuf import MbufPool, PoolError
+    from dispatch.netstat import (
+        format_mbuf,
+        format_netisr,
+        format_protocols,
+        stats_from_doc,
+    )
+
+    if not (args.m or args.Q or args.s):
+        print("dispatch netstat: name a view: -m (mbuf pool), -Q (netisr), -s (protocols)",
+              file=sys.stderr)
+        return 2
+    if args.result:
+        try:
+            with open(args.result) as f:
+                doc = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"dispatch netstat: cannot read result document {args.result}: {e}",
+                  file=sys.stderr)
+            return 2
+        if "runs" in doc:  # a compare document: the last run
+            doc = list(doc["runs"].values())[0][-1]
+        views = []
+        if args.m:
+            views.append(format_mbuf(stats_from_doc(doc["mbuf"])))
+        if args.Q:
+            views.append(format_netisr(doc))
+        if args.s:
+            views.append(format_protocols(doc))
+        print("\n\n".join(views))
+        return 0
     if not args.m:
-        print("dispatch netstat: name a view: -m (mbuf pool)", file=sys.stderr)
+        print("dispatch netstat: -Q and -s read a result document: --result FILE",
+              file=sys.stderr)
         return 2
     if not args.pool:
-        print("dispatch netstat -m: --pool NAME is required (the pool of a running host)",
+        print("dispatch netstat -m: give --pool NAME (a running host's pool) or --result FILE",
               file=sys.stderr)
         return 2
     try:
@@ -245,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp_.set_defaults(func=_compare, rate=20_000.0, duration=None)
     ns = sub.add_parser("netstat", help="show statistics in FreeBSD netstat layouts")
     ns.add_argument("-m", action="store_true", help="mbuf pool statistics (netstat -m)")
+    ns.add_argument("-Q", action="store_true", help="netisr configuration and workstreams")
+    ns.add_argument("-s", action="store_true", help="per-protocol statistics and drops")
     ns.add_argument("--pool", help="name of a live pool (a /dev/shm segment)")
+    ns.add_argument("--result", metavar="FILE", help="a result document (dispatch run --json)")
     ns.set_defaults(func=_netstat)
     pool = sub.add_parser("pool", help="manage pool segments")
     psub = pool.add_subparsers(dest="pool_command", metavar="ACTION", required=True)
