@@ -67,7 +67,7 @@ import ipaddress
 import mmap
 import os
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -255,6 +255,8 @@ class SocketTable:
         self._cache: dict[Key, int] = {}  # key -> index (exact or via a listener)
         self._wkeys: set[Key] = set()  # the keys in _cache that resolved to a listener
         self._wgen = -1
+        self._raw_cache: dict[int, dict[bytes, int]] = {}  # lookup_raw_batch's, by pf
+        self._raw_gen = -1
         self._closed = False
 
     # ------------------------------------------------------------ lifetime
@@ -421,24 +423,35 @@ class SocketTable:
             self._wkeys.add(key)
         return i
 
-    def lookup_many(self, keys: Iterable[Key]) -> dict[Key, int] | None:
-        """lookup_key for several distinct keys at once: {key: index}, or None as soon
-        as one is not found. Same results and cache effects as calling lookup_key
-        for each, in order; cache hits are resolved without a call."""
+    def lookup_raw_batch(self, pf: int, raws: list[bytes]) -> list[int] | None:
+        """lookup_key for every packet of an IPv4 batch, keyed by the 12 bytes of its
+        headers as on the wire: source address, destination address, source port,
+        destination port (big-endian; the local end is the destination). Returns
+        the indices in packet order, or None if some packet finds no socket.
+
+        Results come from a per-process cache keyed by those bytes and kept only
+        while the table's generation stays the same (every insert and unlink bumps
+        it, and nothing else changes what a lookup finds), so they are exactly
+        what lookup_key gives; each distinct key not in it gets one lookup_key.
+        """
         gen = self.hq[H_GEN]
-        if gen != self._wgen:
-            self.lookup_key(next(iter(keys), (0, 0, 0, 0, 0)))  # refresh the cache
-        cache_get = self._cache.get
-        w = self.w
-        out: dict[Key, int] = {}
-        for key in keys:
-            i = cache_get(key)
-            if i is None or not w[i << 7] & SF_INHASH:
-                i = self.lookup_key(key)
+        if gen != self._raw_gen or len(self._raw_cache) > 65536:
+            self._raw_cache = {}
+            self._raw_gen = gen
+        fc = self._raw_cache.get(pf)
+        if fc is None:
+            fc = self._raw_cache[pf] = {}
+        out = list(map(fc.get, raws))
+        if None in out:
+            fb = int.from_bytes
+            for r in dict.fromkeys(r for r, i in zip(raws, out) if i is None):
+                i = self.lookup_key((pf, fb(r[4:8], "big"), fb(r[10:12], "big"),
+                                     fb(r[0:4], "big"), fb(r[8:10], "big")))
                 if i < 0:
                     return None
-            out[key] = i
-        return out
+                fc[r] = i
+            out = list(map(fc.get, raws))
+        return out  # type: ignore[return-value]
 
     def lookup(self, proto: int, laddr: str | bytes | int, lport: int,
                faddr: str | bytes | int, fport: int) -> int:

@@ -26,7 +26,6 @@ and computes the UDP checksum, or marks CSUM_UDP / CSUM_UDP_IPV6 for txcsum
 from __future__ import annotations
 
 import struct
-from itertools import repeat
 
 import numpy as np
 
@@ -95,18 +94,32 @@ _PF4, _PF6 = IPPROTO_UDP | 4 << 8, IPPROTO_UDP | 6 << 8
 
 
 _FAST_MIN = 4  # below this, the per-packet path is cheaper than the numpy calls
-_AR28 = np.arange(28, dtype=np.int64)
-_UPD_COLS = np.array([_W_DATA, _W_LEN, _W_PKTLEN, _W_SOCKID], dtype=np.intp)
+_FAST_MAX = 4096  # longest batch the byte patterns below cover (longer: per packet)
 _OFFL = _VALID | _PSEUDO
+# header words 12..14 checked at once: (mask, expected value)
+assert (_W_CSUM_FLAGS, _W_CSUM_DATA, _W_HDRLENS) == (12, 13, 14)
+_HCHECK = ((_OFFL, _OFFL), (0xFFFFFFFF, 0xFFFF), (0xFFFF00, 20 << 8))
+_HMASK = np.array([c[0] for c in _HCHECK], dtype=np.uint32)
+_HEXP_ROW = np.array([c[1] for c in _HCHECK], dtype=np.uint32)
+_HEXP = _HEXP_ROW.tobytes() * _FAST_MAX
+_P_ZERO = bytes(4 * _FAST_MAX)
+_P_45 = b"\x45" * _FAST_MAX
+_WB_END = 2 * _Q_TS_SOCKET + 2  # the u32 words up to and including the TS_SOCKET stamp
+assert _W_DATA < _W_SOCKID < 2 * _Q_TS_SOCKET
+_LEN_OFF = np.array([0, 20], dtype=np.int64)  # ip_len = pktlen, uh_ulen = pktlen - 20
 
 
 @stage(UDP_INPUT)
 def udp_input(ctx: Ctx, batch: list[int]) -> Routed:
-    """A whole-batch numpy fast path for the common case (every packet one mbuf,
-    IPv4 without options, lengths consistent, checksum verified by the NIC or
-    absent, every destination found with room for its packets); anything else
-    runs the per-packet `_udp_input_slow` over the whole batch (same results)."""
-    if len(batch) >= _FAST_MIN:
+    """A whole-batch numpy fast path for the common case (every packet one mbuf on a
+    cluster, IPv4 without options and without padding, UDP length consistent,
+    checksum verified by the NIC or absent, every destination found with room for
+    all its packets); any other batch runs the per-packet `_udp_input_slow`, which
+    the fast path matches exactly (routed list, drops, counters, table, headers)."""
+    # (a batch whose first packet the NIC did not verify is taken to be one of
+    # software checksums: those the per-packet path sums in one numpy batch)
+    if _FAST_MIN <= len(batch) <= _FAST_MAX and \
+            ctx.pool.w[(batch[0] << 6) + _W_CSUM_FLAGS] & _OFFL == _OFFL:
         r = _udp_input_fast(ctx, batch)
         if r is not None:
             return r
@@ -114,78 +127,105 @@ def udp_input(ctx: Ctx, batch: list[int]) -> Routed:
 
 
 def _udp_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
-    """The vectorised path; None (having changed nothing) when the batch needs the
-    per-packet path."""
+    """The vectorised path; returns None, having changed nothing but the socket
+    table's per-process lookup cache, when the batch needs the per-packet path."""
     pool = ctx.pool
-    arr = np.array(batch, dtype=np.intp)
-    H = pool.headers[arr]
     n = len(batch)
-    l3 = H[:, _W_HDRLENS] & 0xFFFF00
-    pktlen = H[:, _W_PKTLEN]
-    cf = H[:, _W_CSUM_FLAGS] & _OFFL
-    if (H[:, 0].any() or (l3 != 20 << 8).any() or (H[:, _W_LEN] < 28).any()
-            or (pktlen < 28).any()):
-        return None
+    n4 = 4 * n
+    arr = np.fromiter(batch, np.intp, n)
+    H = pool.headers.take(arr, 0)
     ext = H[:, _W_EXT]
-    data = H[:, _W_DATA]
-    base = pool.cluster_base[ext] + data
-    if not ext.all():
-        base = np.where(ext != 0, base, arr * 256 + (pool.mbuf_off + 0) + data)
-    g = pool.segment[base[:, None] + _AR28]
-    if (g[:, 0] >> 4 == 6).any():
+    pk = H[:, _W_PKTLEN]
+    # one mbuf each (m_next 0), on a cluster, m_len = m_pkthdr.len, l3hlen 20,
+    # checksum verified by the NIC (full L4, csum_data 0xffff)
+    if (H[:, L.W_NEXT].tobytes() != _P_ZERO[:n4] or np.count_nonzero(ext) != n
+            or H[:, _W_LEN].tobytes() != pk.tobytes()):
         return None
-    u16 = g.view(">u2")
-    ulen = u16[:, 12].astype(np.int64)
-    usum = u16[:, 13]
-    # ulen >= 8, ulen <= totlen - 20, pktlen >= 20 + ulen; checksum none or NIC-verified
-    if ((ulen < 8).any() or (ulen > u16[:, 1].astype(np.int64) - 20).any()
-            or (pktlen < ulen + 20).any()):
+    hw = H[:, _W_CSUM_FLAGS : _W_HDRLENS + 1].tobytes()
+    if hw == hw[:12] * n:  # the usual batch: the same flags on every packet
+        if (H[0, _W_HDRLENS] & 0xFFFF00) != 20 << 8:
+            return None
+        if (H[0, _W_CSUM_FLAGS] & _OFFL) != _OFFL or H[0, _W_CSUM_DATA] != 0xFFFF:
+            return None  # checksums in software (or bad): the per-packet path's batch sum
+        offl = True
+    else:
+        sel = H[:, _W_CSUM_FLAGS : _W_HDRLENS + 1] & _HMASK
+        offl = sel.tobytes() == _HEXP[: 12 * n]
+        if not offl:
+            sel[:, :2] = _HEXP_ROW[:2]  # the checksum: tried again below, with uh_sum
+            if sel.tobytes() != _HEXP[: 12 * n]:
+                return None
+    base = pool.cluster_base.take(ext) + H[:, _W_DATA]
+    seg = pool.segment
+    try:  # the IPv4 + UDP headers of every packet: one gather
+        g = np.ndarray((len(seg) - 27, 28), np.uint8, seg, 0, (1, 1))[base]
+    except IndexError:
         return None
-    nz = usum != 0
-    if nz.any() and ((cf[nz] != _OFFL).any() or (H[nz, _W_CSUM_DATA] != 0xFFFF).any()):
+    # IPv4, 20-byte header; ip_len = m_pkthdr.len = 20 + uh_ulen >= 28 (so the
+    # length checks all pass): compared as big-endian bytes
+    pk_b = pk.tobytes()
+    p0 = int(pk[0]) if pk_b == pk_b[:4] * n else -1  # the usual batch: one size
+    if g[:, 0].tobytes() != _P_45[:n]:
         return None
-    u32 = g.view(">u4")
-    keys = list(zip(repeat(_PF4, n), u32[:, 4].tolist(), u16[:, 11].tolist(),
-                    u32[:, 3].tolist(), u16[:, 10].tolist()))
+    if p0 >= 0:
+        if (p0 < 28 or p0 > 0xFFFF or g[:, 2:4].tobytes() != p0.to_bytes(2, "big") * n
+                or g[:, 24:26].tobytes() != (p0 - 20).to_bytes(2, "big") * n):
+            return None
+    else:
+        lens = np.empty((n, 2), ">u2")
+        np.subtract(pk[:, None], _LEN_OFF, out=lens, casting="unsafe")
+        if (g[:, 2:4].tobytes() != lens[:, 0].tobytes()
+                or g[:, 24:26].tobytes() != lens[:, 1].tobytes()
+                or np.count_nonzero(pk < 28) or np.count_nonzero(pk > 0xFFFF)):
+            return None
+    usum = g[:, 26:28].view(">u2")[:, 0]
+    nosum = n - int(np.count_nonzero(usum))  # uh_sum 0 is counted first, whatever the NIC says
+    if not offl:
+        nz = usum != 0
+        if (np.count_nonzero((H[nz, _W_CSUM_FLAGS] & _OFFL) != _OFFL)
+                or np.count_nonzero(H[nz, _W_CSUM_DATA] != 0xFFFF)):
+            return None
     tab: SocketTable = ctx.sockets
-    found = tab.lookup_many(dict.fromkeys(keys))
-    if found is None:  # some destination unknown: noport / auto-socket, per packet
+    # socket lookup: keyed by the (source, destination, ports) bytes, one lookup_key
+    # per distinct flow not seen since the table last changed
+    sid_list = tab.lookup_raw_batch(_PF4, g[:, 12:24].copy().view("V12").ravel().tolist())
+    if sid_list is None:  # some destination unknown: noport / auto-socket, per packet
         return None
-    sid_list = list(map(found.__getitem__, keys))
-    plen = ulen - 8
     tw, tq = tab.w, tab.q
     def_hiwat = ctx.config.sb_hiwat
     usids = dict.fromkeys(sid_list)
     if len(usids) == 1:
         (i,) = usids
-        totals = [(i, int(plen.sum()))]
-        sids = np.full(n, i, dtype=np.int64)
+        acc = [(i, n * (p0 - 28) if p0 >= 0 else int(pk.sum()) - 28 * n, n)]
+        sid_col: int | np.ndarray = i + 1
     else:
-        sids = np.array(sid_list, dtype=np.int64)
-        tot = np.bincount(sids, weights=plen).tolist()
-        totals = [(i, int(tot[i])) for i in usids]
-    for i, nb in totals:
+        sids = np.array(sid_list, dtype=np.intp)
+        nbytes = np.bincount(sids, weights=pk).tolist()
+        npkts = np.bincount(sids).tolist()
+        acc = [(i, int(nbytes[i]) - 28 * npkts[i], npkts[i]) for i in usids]
+        sid_col = sids + 1
+    for i, nb, _ in acc:
         qb = i << 6
         if tq[qb + Q_SB_APPENDED] - tq[qb + Q_SB_REMOVED] + nb > \
                 (tw[(i << 7) + P_SB_HIWAT] or def_hiwat):
             return None  # the per-packet path counts udps_fullsock exactly
-    # commit: nothing above changed any state but the lookup cache
-    ctx.stats.drops[UDP_INPUT]  # noqa: B018 - the reference touches it too
-    pool.headers[arr[:, None], _UPD_COLS] = np.stack([data + 28, plen, plen, sids + 1], axis=1)
-    pool.stamps64[arr, _Q_TS_SOCKET] = ctx.now
-    if len(totals) == 1:
-        counts = [n]
-    else:
-        cnt = np.bincount(sids).tolist()
-        counts = [cnt[i] for i, _ in totals]
-    for (i, nb), k in zip(totals, counts):
+    # commit. Header words W_DATA..TS_SOCKET are written back as one block: those not
+    # set here hold what was just read (the packet is this stage's alone while it runs)
+    ctx.stats.drops[UDP_INPUT]  # noqa: B018 - the per-packet path creates the entry too
+    plen = p0 - 28 if p0 >= 0 else pk - 28
+    H[:, _W_DATA] += 28
+    H[:, _W_LEN] = plen
+    H[:, _W_PKTLEN] = plen
+    H[:, _W_SOCKID] = sid_col
+    H.view(np.uint64)[:, _Q_TS_SOCKET] = ctx.now
+    pool.headers[arr, _W_DATA:_WB_END] = H[:, _W_DATA:_WB_END]
+    for i, nb, k in acc:
         qb = i << 6
         tq[qb + Q_SB_APPENDED] += nb
         tq[qb + Q_RCVPACK] += k
         tq[qb + Q_RCVBYTE] += nb
     st = ctx.stats.counters
     st["udp.udps_ipackets"] += n
-    nosum = n - int(np.count_nonzero(nz))
     if nosum:
         st["udp.udps_nosum"] += nosum
     return {SORECEIVE: list(batch)}
