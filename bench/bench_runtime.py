@@ -2,7 +2,7 @@
 side by side with a bare ZeroMQ pipeline of the same shape (the design's limit).
 
 Peak: 64-byte UDP from the NIC's internal source at full speed (--rate max),
-batch 1 and 32, rx checksum offload on. Light load: 10 kpps, one-way latency
+batch 1, 32 and 128, rx checksum offload on. Light load: 10 kpps, one-way latency
 p50 / p99 from the NIC's DMA stamp to the user thread's receive. The bare
 pipeline moves pool handles through the same processes and queues
 (source -> ithread [-> netisr] -> user, the user freeing them) with no stack
@@ -123,7 +123,7 @@ def main() -> None:
     peak: dict[tuple[str, int], list[float]] = {}
     light: dict[str, list[tuple[float, float]]] = {m: [] for m in models}
     for _ in range(args.runs):
-        for batch in (32, 1):
+        for batch in (128, 32, 1):
             peak.setdefault(("bare direct-shape", batch), []).append(
                 bare_pipeline(["ithread", "user"], batch, args.seconds))
             peak.setdefault(("bare deferred-shape", batch), []).append(
@@ -135,7 +135,7 @@ def main() -> None:
             doc = model_run(m, 32, args.seconds, 10_000.0)
             e2e = doc["latency_us"]["e2e"]
             light[m].append((e2e["p50"], e2e["p99"]))
-    for batch in (32, 1):
+    for batch in (128, 32, 1):
         print(f"\npeak delivered, batch {batch}:")
         base = {"direct": "bare direct-shape", "polling": "bare direct-shape",
                 "toe": "bare direct-shape", "deferred": "bare deferred-shape",

@@ -72,7 +72,6 @@ class Agent:
         self.impl: RoleImpl | None = None
         self.plan: dict[str, Any] = {}
         self.pending: dict[str, Any] | None = None  # a control message that ended run()
-        self.stopping = False
         self.draining = False
 
     def send(self, msg: dict[str, Any]) -> None:

@@ -107,12 +107,6 @@ class TrafgenRole:
         pass
 
 
-def _sleep_until(t_ns: int) -> None:
-    d = t_ns - time.monotonic_ns()
-    if d > 0:
-        time.sleep(d / 1e9)
-
-
 @role_factory("nic")
 class NicRole:
     """The NIC: wire (or internal source) in, DMA, interrupts out, tx to the wire."""

@@ -14,10 +14,7 @@ with nothing in flight (rings, netisr queues, sockets) and the pool whole.
 
 from __future__ import annotations
 
-import base64
-import math
 import platform
-import zlib
 from typing import TYPE_CHECKING, Any
 
 from dispatch import __version__
@@ -165,13 +162,3 @@ def _merged_digests(snapshots: dict[str, dict[str, Any]]) -> dict[int, str]:
         for k, v in snap.get("digests", {}).items():
             out[int(k)] = v
     return out
-
-
-def compress_blob(data: bytes) -> str:
-    return base64.b64encode(zlib.compress(data)).decode()
-
-
-def fmt_rate(pps: float) -> str:
-    if math.isnan(pps):
-        return "-"
-    return f"{pps / 1e6:.3f} Mpps" if pps >= 1e6 else f"{pps / 1e3:.1f} kpps"
