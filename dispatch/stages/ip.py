@@ -47,6 +47,7 @@ from dispatch.stages.base import (
     UDP_INPUT,
     Ctx,
     Routed,
+    Stats,
     declare_reasons,
     stage,
 )
@@ -393,7 +394,14 @@ def _ip_input_slow(ctx: Ctx, batch: list[int]) -> Routed:
             icmp.append(m)
         else:
             drop(m, D.noproto)
-    stats.add("ip.ips_total", len(batch))
+    return demux_out(stats, "ip.ips", len(batch), tcp, udp, icmp, fw)
+
+
+def demux_out(stats: Stats, prefix: str, total: int, tcp: list[int], udp: list[int],
+              icmp: list[int], fw: list[int]) -> Routed:
+    """The end of ip_input / ip6_input: route by protocol (in that order) and count
+    `<prefix>_total` and `<prefix>_delivered` (prefix "ip.ips" or "ip6.ip6s")."""
+    stats.add(f"{prefix}_total", total)
     out: Routed = {}
     n = 0
     if tcp:
@@ -406,7 +414,7 @@ def _ip_input_slow(ctx: Ctx, batch: list[int]) -> Routed:
         out[ICMP_INPUT] = icmp
         n += len(icmp)
     if n:
-        stats.add("ip.ips_delivered", n)
+        stats.add(f"{prefix}_delivered", n)
     if fw:
         out[IP_FORWARD] = fw
     return out

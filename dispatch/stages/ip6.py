@@ -32,19 +32,15 @@ import struct
 from dispatch.mbuf import layout as L
 from dispatch.stages.base import (
     ETHER_OUTPUT,
-    ICMP_INPUT,
     IP6_INPUT,
     IP6_OUTPUT,
-    IP_FORWARD,
-    TCP_INPUT,
-    UDP_INPUT,
     Ctx,
     Routed,
     declare_reasons,
     stage,
 )
 from dispatch.stages.frag import IP6_FRAG_DROPS, _expire, frag6_input
-from dispatch.stages.ip import _CSUM_L4_TX, _TX_MASK, l4_delayed_cksum
+from dispatch.stages.ip import _CSUM_L4_TX, _TX_MASK, demux_out, l4_delayed_cksum
 from dispatch.stages.route import interfaces, local_addrs
 
 __all__ = ["IP6_DROPS", "IP6_OUT_DROPS", "ip6_input", "ip6_output"]
@@ -207,23 +203,7 @@ def ip6_input(ctx: Ctx, batch: list[int]) -> Routed:
             icmp.append(m)
         else:
             drop(m, D.noproto)
-    stats.add("ip6.ip6s_total", len(batch))
-    out: Routed = {}
-    n = 0
-    if tcp:
-        out[TCP_INPUT] = tcp
-        n += len(tcp)
-    if udp:
-        out[UDP_INPUT] = udp
-        n += len(udp)
-    if icmp:
-        out[ICMP_INPUT] = icmp
-        n += len(icmp)
-    if n:
-        stats.add("ip6.ip6s_delivered", n)
-    if fw:
-        out[IP_FORWARD] = fw
-    return out
+    return demux_out(stats, "ip6.ip6s", len(batch), tcp, udp, icmp, fw)
 
 
 @stage(IP6_OUTPUT)
