@@ -47,3 +47,31 @@ def test_pool_clean_removes_only_stale_segments(pool_name, capsys):
     assert main(["pool", "clean", pool_name]) == 0
     assert "removed" in capsys.readouterr().out
     assert not os.path.exists(f"/dev/shm/{pool_name}")
+
+
+def test_ctrl_c_stops_every_role_and_removes_every_segment():
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dispatch.cli", "run", "--model", "deferred", "--duration", "30",
+         "--rate", "5k"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        tag = f"demu-{proc.pid}-"
+        deadline = time.monotonic() + 30
+        while not any(n.startswith(tag) for n in os.listdir("/dev/shm")):
+            assert time.monotonic() < deadline, "the run never started"
+            time.sleep(0.1)
+        time.sleep(2.0)
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C reaches the whole foreground group
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 1, (out, err)
+    assert "interrupted" in err
+    assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
+    left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
+    assert not left.stdout.strip(), f"role processes left: {left.stdout}"
