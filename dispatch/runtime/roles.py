@@ -231,14 +231,21 @@ class IthreadRole(HostRole):
         self.irq.set_disabled(False)
         self.irq.rearm()
 
-    def rearm(self) -> None:
-        """Re-enable the queue's interrupt and ring the NIC's doorbell."""
+    def rearm(self, *, doorbell: bool) -> None:
+        """Re-enable the queue's interrupt; ring the NIC's doorbell if asked.
+
+        The ithread looks at its ring once more after re-arming, so the doorbell
+        only matters when the NIC may be holding packets back for a masked queue,
+        which happens under load; at light load it would cost a ZeroMQ send and a
+        NIC wakeup per interrupt for nothing (the NIC sees the re-arm on its next
+        receive, or on its fallback timer)."""
         self.irq.set_disabled(False)
         self.irq.rearm()
-        try:
-            self.doorbell.send(b"", zmq.NOBLOCK)
-        except zmq.Again:
-            pass  # doorbells already pending: the NIC will look anyway
+        if doorbell:
+            try:
+                self.doorbell.send(b"", zmq.NOBLOCK)
+            except zmq.Again:
+                pass  # doorbells already pending: the NIC will look anyway
 
     def run(self, agent: Agent) -> None:
         wait_connected(self.workers + self.users + [self.doorbell])
@@ -274,14 +281,16 @@ class IthreadRole(HostRole):
         if self.polling:
             self.irq.set_disabled(True)
         rounds = 0
+        taken = 0
         while True:
             hs = self.rx.pop_array(self.quota if self.polling else self.batch)
             if not len(hs):
-                self.rearm()
+                self.rearm(doorbell=taken >= self.batch)
                 if len(self.rx):  # arrived between the last pop and the re-arm
                     continue
                 return
             self.process(hs)
+            taken += len(hs)
             rounds += 1
             if self.polling:
                 self.counts["poll_rounds"] += 1
