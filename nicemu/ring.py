@@ -31,17 +31,22 @@ wrap in practice, and ``index & (capacity - 1)`` is the slot.
 
 from __future__ import annotations
 
-import atexit
 import mmap
 import os
-import weakref
 from collections.abc import Sequence
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-from dispatch.mbuf.segment import PAGE, attach_segment, create_segment, shm_path
+from dispatch.mbuf.segment import (
+    PAGE,
+    attach_segment,
+    close_at_exit,
+    create_segment,
+    forget,
+    shm_path,
+)
 
 __all__ = [
     "RING_MAGIC",
@@ -338,15 +343,6 @@ class IrqControl:
         self._mv.release()
 
 
-_LIVE: weakref.WeakSet[RingSet] = weakref.WeakSet()
-_HOOKED = False
-
-
-def _close_live() -> None:
-    for rs in list(_LIVE):
-        rs.close()
-
-
 class RingSet:
     """All rings and control blocks of one NIC, in one shared segment.
 
@@ -398,11 +394,7 @@ class RingSet:
         counts = (rx_queues, tx_queues, rx_size, tx_size)
         fd, mm = create_segment(name, cls.nbytes(*counts), counts, magic=RING_MAGIC)
         rs = cls(name, fd, mm, counts, creator=True)
-        global _HOOKED
-        _LIVE.add(rs)
-        if not _HOOKED:
-            _HOOKED = True
-            atexit.register(_close_live)
+        close_at_exit(rs)
         return rs
 
     @classmethod
@@ -416,7 +408,7 @@ class RingSet:
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
-        _LIVE.discard(self)
+        forget(self)
         for r in (*self.rx, *self.tx):
             r.release()
         for c in self.irq:

@@ -27,11 +27,8 @@ Attach in each process (after fork or spawn): a pool object is per process.
 
 from __future__ import annotations
 
-import atexit
 import mmap
 import os
-import signal
-import weakref
 from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,7 +43,9 @@ from .segment import (
     OfdLock,
     PoolError,
     attach_segment,
+    close_at_exit,
     create_segment,
+    forget,
     process_alive,
     process_start_time,
     shm_path,
@@ -197,19 +196,6 @@ class PoolAudit:
         return not self.in_use and not self.problems
 
 
-_LIVE_CREATORS: weakref.WeakSet[MbufPool] = weakref.WeakSet()
-_SIGNALS_INSTALLED = False
-
-
-def _on_term(signum: int, frame: object) -> None:
-    raise SystemExit(128 + signum)
-
-
-def _destroy_live_creators() -> None:
-    for pool in list(_LIVE_CREATORS):
-        pool.close()
-
-
 class MbufPool:
     """A process's handle on an emulated host's mbuf pool."""
 
@@ -312,8 +298,7 @@ class MbufPool:
             del stack
         tops.release()
         pool = cls(name, fd, mm, counts, creator=True, owner=owner, bucket=config.bucket)
-        _LIVE_CREATORS.add(pool)
-        _install_exit_hooks()
+        close_at_exit(pool)
         return pool
 
     @classmethod
@@ -345,7 +330,7 @@ class MbufPool:
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
-        _LIVE_CREATORS.discard(self)
+        forget(self)
         try:
             for z in range(L.NZONES):
                 while self._caches[z]:
@@ -1354,16 +1339,3 @@ class MbufQueue:
 
     def __len__(self) -> int:
         return self.len
-
-
-def _install_exit_hooks() -> None:
-    global _SIGNALS_INSTALLED
-    if _SIGNALS_INSTALLED:
-        return
-    _SIGNALS_INSTALLED = True
-    atexit.register(_destroy_live_creators)
-    try:
-        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
-            signal.signal(signal.SIGTERM, _on_term)
-    except ValueError:
-        pass  # not the main thread: the owner must close the pool itself

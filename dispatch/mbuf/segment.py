@@ -23,11 +23,16 @@ per batch (a cache refill or flush), never per packet.
 
 from __future__ import annotations
 
+import atexit
 import fcntl
 import mmap
 import os
+import signal
 import struct
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 SHM_DIR = "/dev/shm"
 MAGIC = b"DEMUPOOL"
@@ -41,6 +46,43 @@ TOPS_OFF = 256  # 5 x u32 free-stack tops, one per zone
 FLOCK = struct.Struct("@hhqqi")
 _FLOCK_PAD = b"\0" * 4
 LOCK_OWNERS = 64  # lock byte for the owner table (zones use bytes 0..4)
+
+
+class _Closable(Protocol):
+    def close(self) -> None: ...
+
+
+_LIVE: weakref.WeakSet[_Closable] = weakref.WeakSet()
+_HOOKED = False
+
+
+def _close_live() -> None:
+    for obj in list(_LIVE):
+        obj.close()
+
+
+def _on_term(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def close_at_exit(obj: _Closable) -> None:
+    """A segment's creator registers here, so that its segment is removed when the
+    process exits, also on SIGTERM (turned into SystemExit, which unwinds through
+    atexit) and SIGINT (KeyboardInterrupt already does). `forget` undoes it."""
+    global _HOOKED
+    _LIVE.add(obj)
+    if _HOOKED:
+        return
+    _HOOKED = True
+    atexit.register(_close_live)
+    try:
+        if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
+            signal.signal(signal.SIGTERM, _on_term)
+    except ValueError:
+        pass  # not the main thread: the owner must close the segment itself
+
+
+forget: Callable[[_Closable], None] = _LIVE.discard
 
 
 class PoolError(Exception):

@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from dispatch.mbuf.segment import (
     OfdLock,
     attach_segment,
+    close_at_exit,
     create_segment,
+    forget,
     shm_path,
 )
 
@@ -100,7 +102,9 @@ class NetisrTable:
                              f"not {producers}")
         fd, mm = create_segment(name, _size(workers, producers), (workers, producers),
                                 magic=MAGIC)
-        return cls(name, fd, mm, workers, producers, creator=True)
+        table = cls(name, fd, mm, workers, producers, creator=True)
+        close_at_exit(table)
+        return table
 
     @classmethod
     def attach(cls, name: str) -> NetisrTable:
@@ -110,6 +114,7 @@ class NetisrTable:
     def close(self) -> None:
         if self._buf is None:
             return
+        forget(self)
         self.q.release()
         self._buf.release()
         self._buf = None  # type: ignore[assignment]

@@ -61,12 +61,10 @@ bytearray and no lock, for single-process tests and benchmarks.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import ipaddress
 import mmap
 import os
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -78,7 +76,9 @@ from dispatch.mbuf.segment import (
     OfdLock,
     PoolError,
     attach_segment,
+    close_at_exit,
     create_segment,
+    forget,
     process_start_time,
     shm_path,
 )
@@ -220,15 +220,6 @@ def _geometry(capacity: int, nbuckets: int) -> tuple[int, int]:
     return rec_off, size
 
 
-_LIVE: weakref.WeakSet[SocketTable] = weakref.WeakSet()
-_HOOKED = False
-
-
-def _close_live() -> None:
-    for t in list(_LIVE):
-        t.close()
-
-
 class SocketTable:
     """The pcb table: lookup by 4-tuple with wildcard listeners, fields by index."""
 
@@ -283,11 +274,7 @@ class SocketTable:
         t.hq[H_NBUCKETS] = nbuckets
         t.hq[H_NUSERS] = max(1, nusers)
         if name is not None:
-            _LIVE.add(t)
-            global _HOOKED
-            if not _HOOKED:
-                _HOOKED = True
-                atexit.register(_close_live)
+            close_at_exit(t)
         return t
 
     @classmethod
@@ -301,7 +288,7 @@ class SocketTable:
         if self._closed or os.getpid() != self._pid:
             return
         self._closed = True
-        _LIVE.discard(self)
+        forget(self)
         for v in (self.hq, self._buckets, self.w, self.q):
             v.release()
         self.buf.release()
