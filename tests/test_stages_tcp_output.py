@@ -14,12 +14,16 @@ from dispatch.packet.checksum import ones_sum
 from dispatch.stages import socket as so
 from dispatch.stages import tcp_output as to
 from dispatch.stages.base import Ctx, Runner, StackConfig
+from dispatch.stages.sndbuf import sb_snd_flush
 from dispatch.stages.socktab import (
     IPPROTO_TCP,
     P_MAXSEG,
     P_RCV_NXT,
+    P_SND_CWND,
     P_SND_MAX,
     P_SND_NXT,
+    P_SND_UNA,
+    P_SND_WND,
     P_STATE,
     P_TFLAGS,
     P_TS_RECENT,
@@ -37,6 +41,8 @@ def ctx(pool_name: str) -> Iterator[Ctx]:
     tab = SocketTable.create(None, 16)
     c = Ctx(pool, config=StackConfig(), sockets=tab)
     yield c
+    for i in tab.indices():  # data the (absent) peer never acknowledged
+        sb_snd_flush(c, tab, i)
     tab.close()
     audit = pool.audit()
     pool.close()
@@ -50,8 +56,11 @@ def connection(ctx: Ctx, *, v6: bool = False, mss: int = 1000, ts: bool = False)
     tab = ctx.sockets
     i, _ = tab.insert_key((pf_of(IPPROTO_TCP, fam), a, 80, f, 3333))
     tab.set(i, P_STATE, TCPS_ESTABLISHED)
+    tab.set(i, P_SND_UNA, 0xFFFFF000)
     tab.set(i, P_SND_NXT, 0xFFFFF000)
     tab.set(i, P_SND_MAX, 0xFFFFF000)
+    tab.set(i, P_SND_WND, 1 << 20)  # the peer's window and cwnd let everything go at once
+    tab.set(i, P_SND_CWND, 1 << 20)
     tab.set(i, P_RCV_NXT, 777)
     tab.set(i, P_MAXSEG, mss)
     if ts:

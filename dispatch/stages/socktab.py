@@ -46,12 +46,21 @@ Concurrency rules (who writes what; nothing here needs an atomic):
   removed, exact without atomics; the producer's high-water check reads the
   consumer's counter (a stale read errs on the side of "fuller").
   Q_DELIVERED / Q_DELIVERED_PKTS are the consumer's too.
-- The send buffer mirrors it: Q_SND_APPENDED by sosend (the user thread),
-  Q_SND_REMOVED by tcp_output/udp_output. P_SND_NXT/P_SND_MAX are written by
-  whoever builds segments for the connection: tcp_input's SYN-ACK/ACK/FIN on
-  the receive side, tcp_output on the send side. A full sender (a later
-  issue) that runs in the user thread while the receive side runs elsewhere
-  must own those two words alone (its ACK processing would then move to it).
+- The send buffer's accounting mirrors it: Q_SND_APPENDED by sosend (the
+  user thread), Q_SND_REMOVED by udp_output (a datagram leaves) or, for
+  TCP, by sbdrop when the peer acknowledges the bytes (sndbuf.py): TCP keeps
+  its data until acknowledged. The TCP send buffer itself is an mbuf chain
+  hung off the record (P_SNDBUF_HEAD / P_SNDBUF_TAIL, Q_SNDBUF_CC), and the
+  sender's state (P_SND_CWND, P_SND_SSTHRESH, Q_SND_RECOVER .. Q_FASTREXMT:
+  congestion control, RTT estimator, timers' deadlines, per-socket send
+  counters) has ONE writer: the process that runs the connection's sender,
+  which is tcp_output (the application's sends), tcp_input's ACK
+  processing for that connection and its tcp_timers. The runtime must
+  place those together for a sending connection (for example: run
+  tcp_input for tx flows in the socket's user thread, or hand the user's
+  sends to the process that runs the flow's tcp_input). P_SND_NXT/P_SND_MAX
+  are the sender's too; a purely passive connection's tcp_input writes
+  them for its SYN-ACK / FIN as before.
 - P_USER says which user thread reads the socket (index % nusers unless
   given): the runtime routes "soreceive" batches by it.
 
@@ -91,6 +100,7 @@ REC_SLOTS = REC_BYTES // 8  # 64: and at u64 slot i << 6
 HDR_OFF = 1024
 BUCKETS_OFF = PAGE
 LOCK_BYTE = 16
+PCB_LOCK_BYTE = 17  # pcb_lock(): the runtime's lock over TCP connection state
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -131,6 +141,10 @@ P_REASS_BYTES = 32
 P_SB_HIWAT = 33
 P_SND_HIWAT = 34
 P_DELACK_SEGS = 35  # segments received since the last ACK we sent
+P_SND_CWND = 36  # sender: congestion window, bytes (RFC 5681)
+P_SND_SSTHRESH = 37  # sender: slow-start threshold, bytes
+P_SNDBUF_HEAD = 38  # sender: first mbuf of the send buffer (the byte at snd_una)
+P_SNDBUF_TAIL = 39  # sender: last mbuf of the send buffer
 
 # record u64 slots
 Q_SB_APPENDED = 20  # producer: bytes appended to the receive buffer
@@ -148,6 +162,29 @@ Q_DUPBYTES = 31  # producer: duplicate bytes received
 Q_OOPACK = 32  # producer: out-of-order segments queued
 Q_SNDPACK = 33  # output: segments sent
 Q_SNDBYTE = 34  # output: data bytes sent
+# The sender's state (tcp_output, tcp_sender, tcp_timer). Times are ctx.now values
+# (ns); 0 means "timer off" / "not timing". Sequence numbers are stored as u32 values.
+Q_SNDBUF_CC = 35  # bytes in the send-buffer chain (written only by the sender)
+Q_SND_RECOVER = 36  # NewReno "recover": snd_max when fast recovery began
+Q_DUPACKS = 37  # consecutive duplicate ACKs
+Q_BYTES_ACKED = 38  # congestion avoidance byte counter (RFC 5681 3.1)
+Q_RTT_SEQ = 39  # sequence number being timed
+Q_RTT_START = 40  # when it was sent (0: no measurement running)
+Q_SRTT = 41  # smoothed RTT, ns (0: no sample yet)
+Q_RTTVAR = 42  # RTT variation, ns
+Q_RTO = 43  # retransmission timeout before backoff, ns
+Q_RXTSHIFT = 44  # backoff exponent (retransmission or persist)
+Q_REXMT_AT = 45  # retransmission timer deadline
+Q_PERSIST_AT = 46  # persist (zero-window probe) timer deadline
+Q_TIMEWAIT_AT = 47  # 2MSL timer deadline (TIME_WAIT)
+Q_SND_WL1 = 48  # seq of the segment that last updated snd_wnd
+Q_SND_WL2 = 49  # ack of the segment that last updated snd_wnd
+Q_SNDREXMITPACK = 50  # segments retransmitted
+Q_SNDREXMITBYTE = 51  # bytes retransmitted
+Q_SND_ACKED = 52  # data bytes acknowledged by the peer (freed from the send buffer)
+Q_SND_MAXWND = 53  # largest window the peer offered (silly-window avoidance)
+Q_RXTCOUNT = 54  # retransmission timeouts on this connection
+Q_FASTREXMT = 55  # fast retransmits on this connection
 
 # socket flags
 SF_USED = 0x01
@@ -322,6 +359,14 @@ class SocketTable:
     @property
     def generation(self) -> int:
         return int(self.hq[H_GEN])
+
+    def pcb_lock(self) -> Any:
+        """A lock over the table's TCP connection state, for runtimes where a flow's
+        sender and its tcp_input run in different processes (FreeBSD's inpcb lock,
+        one for the whole table): an OFD lock on its own byte of the segment."""
+        if self._fd < 0:
+            return contextlib.nullcontext()
+        return OfdLock(self._fd, PCB_LOCK_BYTE)
 
     def user_of(self, i: int) -> int:
         return self.w[(i << 7) + P_USER]
@@ -563,6 +608,12 @@ class SocketTable:
         counters = {"rcvpack": q[qb + Q_RCVPACK], "drops": q[qb + Q_DROPS],
                     "dupbytes": q[qb + Q_DUPBYTES], "oopack": q[qb + Q_OOPACK],
                     "sndpack": q[qb + Q_SNDPACK], "sndbyte": q[qb + Q_SNDBYTE]}
+        if tcp and (q[qb + Q_SNDBYTE] or q[qb + Q_SNDBUF_CC]):
+            counters.update(sndrexmitpack=q[qb + Q_SNDREXMITPACK],
+                            sndrexmitbyte=q[qb + Q_SNDREXMITBYTE], sndacked=q[qb + Q_SND_ACKED],
+                            snd_unacked=q[qb + Q_SNDBUF_CC], rexmttimeo=q[qb + Q_RXTCOUNT],
+                            fastrexmt=q[qb + Q_FASTREXMT], cwnd=w[b + P_SND_CWND],
+                            ssthresh=w[b + P_SND_SSTHRESH])
         return SocketInfo(
             index=i, proto="tcp" if tcp else "udp" if proto == IPPROTO_UDP else str(proto),
             local=endpoint_text(fam, la, lp),

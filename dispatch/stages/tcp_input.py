@@ -30,13 +30,30 @@ processed); data past rcv_nxt + rcv_wnd is trimmed or dropped
 (tcps_rcvpackafterwin / tcps_rcvbyteafterwin), rcv_wnd being what the
 socket buffer has room for and never less than what was advertised.
 
+The sender's side (issue 8): a socket opened by tcp_output.tcp_connect is
+SYN_SENT until a SYN-ACK acknowledging its SYN arrives (options negotiated:
+MSS, window scale, timestamps; cwnd set to the initial window; the
+handshake's RTT sampled; our ACK sent); a RST acknowledging the SYN refuses
+the connection. On every synchronized connection the ACK field is processed
+in `_ack_input`: the send window from newer segments only (snd_wl1 / wl2),
+acknowledged data freed from the send buffer (sndbuf.sb_snd_drop), RTT
+samples (Karn), cwnd growth, duplicate ACKs to fast retransmit and NewReno
+recovery (tcp_cc.py), the retransmission timer restarted or stopped, and
+whatever the window now allows sent (tcp_output.tcp_output_sock) at the end
+of the batch, its segments carrying the ACK. Active close: FIN_WAIT_1 -(ACK
+of our FIN)-> FIN_WAIT_2 -(FIN)-> TIME_WAIT (CLOSED after 2 MSL, tcp_timer),
+or FIN_WAIT_1 -(FIN)-> CLOSING -(ACK)-> TIME_WAIT; data is still accepted in
+FIN_WAIT_1/2 (half close). A passive connection whose peer closes while our
+data is still in its send buffer sends its FIN after that data.
+
 ACKs: immediate for out-of-order data (a duplicate ACK), for a FIN, for a
 duplicate; delayed otherwise (config.tcp_delack): the first in-order segment
 owes an ACK (TF_DELACK), the next one sends it, as FreeBSD's DELAY_ACK does,
 so a stream of full-sized segments is ACKed every second segment. ACKs are
 sent at the end of the batch, at most one per connection per batch, which
 is exactly FreeBSD's behaviour at batch 1 and what LRO does with a batch.
-A delayed ACK that no second segment collects is sent by `tcp_timers`.
+A delayed ACK that no second segment collects is sent by `tcp_timers`, which
+also fires the senders' retransmission, persist and TIME_WAIT timers.
 
 Auto sockets (config.auto_sockets) turn the host into a passive observer for
 replay and analysis: a packet with no matching socket creates one (local =
@@ -50,7 +67,6 @@ ACK processing; both directions of a conversation get a socket each.
 from __future__ import annotations
 
 import struct
-import zlib
 
 from dispatch.mbuf import layout as L
 from dispatch.packet.checksum import fold, in_cksum, verify_batch
@@ -66,6 +82,7 @@ from dispatch.packet.tcp import (
     parse_tcp_options,
 )
 from dispatch.stages.base import SORECEIVE, TCP_INPUT, Ctx, Routed, stage
+from dispatch.stages.sndbuf import sb_snd_drop
 from dispatch.stages.socket import sbappend
 from dispatch.stages.socktab import (
     AF_INET6,
@@ -88,41 +105,80 @@ from dispatch.stages.socktab import (
     P_TS_RECENT,
     Q_DELACK_SINCE,
     Q_DROPS,
+    Q_DUPACKS,
     Q_DUPBYTES,
+    Q_FASTREXMT,
     Q_OOPACK,
+    Q_REXMT_AT,
+    Q_RTT_SEQ,
+    Q_RTT_START,
     Q_SB_APPENDED,
     Q_SB_REMOVED,
+    Q_SND_MAXWND,
+    Q_SND_RECOVER,
+    Q_SND_WL1,
+    Q_SND_WL2,
+    Q_SNDBUF_CC,
     SF_AUTO,
     SF_LISTEN,
     SocketTable,
 )
-from dispatch.stages.tcp_output import count_ctrl, out_stage, tcp_respond, tcp_rst
+from dispatch.stages.tcp_cc import (
+    cc_ack_received,
+    cc_conn_init,
+    cc_dupack_in_recovery,
+    cc_enter_recovery,
+    cc_partial_ack,
+    cc_post_recovery,
+    rtt_sample,
+)
+from dispatch.stages.tcp_output import (
+    arm_rexmt,
+    count_ctrl,
+    out_stage,
+    tcp_output_sock,
+    tcp_respond,
+    tcp_rexmit_head,
+    tcp_rst,
+)
 from dispatch.stages.tcp_reass import (
     REASS_DUP,
     REASS_FULL,
     tcp_reass_deliver,
-    tcp_reass_flush,
+    tcp_reass_flush,  # noqa: F401 (re-exported: tcp_input.tcp_reass_flush)
     tcp_reass_insert,
 )
+from dispatch.stages.tcp_timer import DELACK_KEY, start_timewait, tcp_close, tcp_sender_timers
 from dispatch.stages.tcp_var import (
     SEQ_MASK,
     TCP_DROPS,
     TCP_MAX_WINSHIFT,
-    TCP_MAXWIN,
+    TCP_REXMT_THRESH,
     TCPS_CLOSE_WAIT,
     TCPS_CLOSED,
+    TCPS_CLOSING,
     TCPS_ESTABLISHED,
+    TCPS_FIN_WAIT_1,
+    TCPS_FIN_WAIT_2,
     TCPS_LAST_ACK,
     TCPS_SYN_RECEIVED,
+    TCPS_SYN_SENT,
+    TCPS_TIME_WAIT,
     TCPTV_DELACK_NS,
     TF_ACKNOW,
     TF_DELACK,
+    TF_FASTRECOVERY,
     TF_FIN_PENDING,
+    TF_NEEDFIN,
     TF_RCVD_SCALE,
     TF_RCVD_TSTMP,
+    TF_REQ_SCALE,
+    TF_REQ_TSTMP,
     TF_SACK_PERMIT,
     TF_SENTFIN,
+    rcv_scale_for,  # noqa: F401 (re-exported: tcp_input.rcv_scale_for)
     seq_diff,
+    tcp_iss,
 )
 
 D = TCP_DROPS
@@ -133,7 +189,9 @@ _TS_APPA_WORD = 0x0101080A
 _VALID = L.CSUM_DATA_VALID
 _PSEUDO = L.CSUM_PSEUDO_HDR
 _BATCH_SUM_MIN = 4  # below this many software checksums, per packet is cheaper
-_DELACK_KEY = "tcp_delack_pending"
+_DELACK_KEY = DELACK_KEY
+_RCV_DATA_STATES = (TCPS_ESTABLISHED, TCPS_FIN_WAIT_1, TCPS_FIN_WAIT_2)
+_WL_SET = 1 << 32  # Q_SND_WL1 / Q_SND_WL2 hold (1 << 32) | seq once set
 _MIRRORED = (D.noport, D.badsyn, D.noack, D.badack, D.badrst, D.afterclose, D.memdrop,
              D.flushed)
 
@@ -141,26 +199,14 @@ _MIRRORED = (D.noport, D.badsyn, D.noack, D.badack, D.badrst, D.afterclose, D.me
 class _Out:
     """What one tcp_input batch produces."""
 
-    __slots__ = ("rcv", "tx", "acknow", "consumed")
+    __slots__ = ("rcv", "tx", "acknow", "consumed", "kick")
 
     def __init__(self) -> None:
         self.rcv: list[int] = []
         self.tx: Routed = {}
         self.acknow: dict[int, None] = {}
         self.consumed: list[int] = []
-
-
-def tcp_iss(key: tuple[int, ...], now: int) -> int:
-    """A deterministic initial send sequence: a hash of the 4-tuple plus a 4 us clock
-    (RFC 6528's shape without the secret; runs must be reproducible)."""
-    return (zlib.crc32(repr(key).encode()) + (now >> 12)) & SEQ_MASK
-
-
-def rcv_scale_for(hiwat: int) -> int:
-    s = 0
-    while s < TCP_MAX_WINSHIFT and (TCP_MAXWIN << s) < hiwat:
-        s += 1
-    return s
+        self.kick: dict[int, None] = {}  # senders to run tcp_output for (ACKs, windows)
 
 
 def _addr_bytes(fam: int, a: int) -> bytes:
@@ -299,10 +345,7 @@ def _emit(ctx: Ctx, out: _Out, seg: int, fam: int, flags: int) -> None:
 
 
 def _close(ctx: Ctx, tab: SocketTable, i: int) -> None:
-    tab.w[(i << 7) + P_STATE] = TCPS_CLOSED
-    tcp_reass_flush(ctx, tab, i)
-    tab.unlink(i)
-    ctx.extra.get(_DELACK_KEY, set()).discard(i)
+    tcp_close(ctx, tab, i)
 
 
 def _reset_for(ctx: Ctx, out: _Out, fam: int, src: int, dst: int, sport: int, dport: int,
@@ -455,6 +498,10 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
         word, tsval, _tsecr = _TS_APPA.unpack_from(buf, th + 20)
         if word == _TS_APPA_WORD:
             tw[b + P_TS_RECENT] = tsval
+    if state == TCPS_SYN_SENT:
+        _syn_sent_input(ctx, tab, out, i, m, fam, src, dst, sport, dport, seq, ack, thflags,
+                        win, th, thoff, plen)
+        return
     if state == TCPS_SYN_RECEIVED:
         if thflags & TH_RST:
             if seq == tw[b + P_RCV_NXT]:
@@ -480,6 +527,9 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
             return
         tw[b + P_STATE] = state = TCPS_ESTABLISHED
         tw[b + P_SND_UNA] = ack
+        tab.q[(i << 6) + Q_SND_WL1] = _WL_SET | ((seq - 1) & SEQ_MASK)
+        tab.q[(i << 6) + Q_SND_WL2] = _WL_SET | ack
+        cc_conn_init(ctx, tab, i)
         st["tcp.tcps_accepts"] += 1
     rcv_nxt = tw[b + P_RCV_NXT]
     if thflags & TH_SYN:
@@ -510,7 +560,8 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
             st["tcp.tcps_drops"] += 1
             out.consumed.append(m)
         else:
-            if not quiet and 0 < d < max(1, _rcv_wnd(tab, i, ctx.config.sb_hiwat)):
+            if not quiet and 0 < d < max(1, _rcv_wnd(tab, i, ctx.config.sb_hiwat)) and \
+                    state != TCPS_TIME_WAIT:
                 out.acknow[i] = None  # challenge ACK
             ctx.drop(m, D.badrst)
         return
@@ -527,7 +578,7 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
             tq[(i << 6) + Q_DUPBYTES] += plen
             if not quiet:
                 out.acknow[i] = None
-                if _ack_input(ctx, tab, out, i, m, ack, win, thflags):
+                if _ack_input(ctx, tab, out, i, m, ack, win, thflags, seq=seq):
                     return
             ctx.drop(m, D.duppack)
             return
@@ -538,7 +589,7 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
         seq = rcv_nxt
         plen -= todrop
     if plen > 0:
-        if state != TCPS_ESTABLISHED:  # data after the peer's FIN (or after our close)
+        if state not in _RCV_DATA_STATES:  # data after the peer's FIN
             tq[(i << 6) + Q_DROPS] += 1
             ctx.drop(m, D.afterclose)
             return
@@ -552,7 +603,7 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
                     st["tcp.tcps_rcvwinprobe"] += 1
                 if not quiet:
                     out.acknow[i] = None
-                    _ack_input(ctx, tab, out, i, 0, ack, win, thflags)
+                    _ack_input(ctx, tab, out, i, 0, ack, win, thflags, seq=seq)
                 tq[(i << 6) + Q_DROPS] += 1
                 ctx.drop(m, D.afterwin)
                 return
@@ -560,7 +611,7 @@ def _segment(ctx: Ctx, tab: SocketTable, out: _Out, m: int, off: int, l3: int, t
             pool.adj(m, -over)
             plen -= over
             thflags &= ~(TH_FIN | TH_PUSH)
-    if not quiet and _ack_input(ctx, tab, out, i, m, ack, win, thflags, plen):
+    if not quiet and _ack_input(ctx, tab, out, i, m, ack, win, thflags, plen, seq=seq):
         return
     if plen > 0:
         if seq == rcv_nxt and not tw[b + P_REASS_HEAD]:
@@ -619,11 +670,21 @@ def _rcv_wnd(tab: SocketTable, i: int, default_hiwat: int = 2 * 1024 * 1024) -> 
 
 
 def _ack_input(ctx: Ctx, tab: SocketTable, out: _Out, i: int, m: int, ack: int, win: int,
-               thflags: int, plen: int = 0) -> bool:
+               thflags: int, plen: int = 0, *, seq: int | None = None) -> bool:
     """The ACK field of a segment on a synchronized connection. Returns True when the
-    segment is finished with: m (if given) was consumed or dropped here."""
-    tw = tab.w
-    b = i << 7
+    segment is finished with: m (if given) was consumed or dropped here.
+
+    The send window is taken from segments newer than the last that set it
+    (RFC 793's snd_wl1 / snd_wl2). New data acknowledged is freed from the send
+    buffer; the RTT sample, cwnd growth, NewReno partial / full ACKs and the
+    retransmission timer follow (tcp_cc). A duplicate ACK (nothing new acked,
+    no data, no FIN, the window unchanged, data outstanding) counts toward
+    fast retransmit on the third (RFC 5681 3.2) and inflates cwnd in recovery.
+    Our FIN acknowledged moves FIN_WAIT_1 -> FIN_WAIT_2, CLOSING -> TIME_WAIT,
+    LAST_ACK -> CLOSED.
+    """
+    tw, tq = tab.w, tab.q
+    b, qb = i << 7, i << 6
     st = ctx.stats.counters
     smax = tw[b + P_SND_MAX]
     if seq_diff(ack, smax) > 0:
@@ -633,16 +694,67 @@ def _ack_input(ctx: Ctx, tab: SocketTable, out: _Out, i: int, m: int, ack: int, 
             ctx.drop(m, D.acktoomuch)
             return True
         return False
-    acked = seq_diff(ack, tw[b + P_SND_UNA])
-    tw[b + P_SND_WND] = win << (tw[b + P_SCALE] & 0xFF)
+    una = tw[b + P_SND_UNA]
+    acked = seq_diff(ack, una)
+    oldwnd = tw[b + P_SND_WND]
+    newwnd = win << (tw[b + P_SCALE] & 0xFF)
+    wl1, wl2 = tq[qb + Q_SND_WL1], tq[qb + Q_SND_WL2]
+    if seq is None or not wl1 or seq_diff(seq, wl1 & SEQ_MASK) > 0 or (
+            seq == wl1 & SEQ_MASK and seq_diff(ack, wl2 & SEQ_MASK) >= 0):
+        if newwnd != oldwnd and acked <= 0 and oldwnd < newwnd:
+            st["tcp.tcps_rcvwinupd"] += 1
+        tw[b + P_SND_WND] = newwnd
+        if seq is not None:
+            tq[qb + Q_SND_WL1] = _WL_SET | seq
+            tq[qb + Q_SND_WL2] = _WL_SET | ack
+        if newwnd > tq[qb + Q_SND_MAXWND]:
+            tq[qb + Q_SND_MAXWND] = newwnd
+        if newwnd > oldwnd:
+            out.kick[i] = None
+    else:
+        newwnd = oldwnd
+    cc = tq[qb + Q_SNDBUF_CC]
     if acked > 0:
         tw[b + P_SND_UNA] = ack
+        if seq_diff(tw[b + P_SND_NXT], ack) < 0:
+            tw[b + P_SND_NXT] = ack
         st["tcp.tcps_rcvackpack"] += 1
         st["tcp.tcps_rcvackbyte"] += acked
-        if tw[b + P_STATE] == TCPS_LAST_ACK and ack == smax:
+        if cc:
+            sb_snd_drop(ctx, tab, i, min(acked, cc))
+        if tq[qb + Q_RTT_START] and seq_diff(ack, tq[qb + Q_RTT_SEQ] & SEQ_MASK) > 0:
+            rtt_sample(ctx, tab, i, ctx.now - tq[qb + Q_RTT_START])
+            tq[qb + Q_RTT_START] = 0
+        if tw[b + P_TFLAGS] & TF_FASTRECOVERY:
+            if seq_diff(ack, tq[qb + Q_SND_RECOVER] & SEQ_MASK) < 0:
+                cc_partial_ack(tab, i, acked)  # NewReno: the next hole goes now
+                st["tcp.tcps_newreno_partial"] += 1
+                tcp_rexmit_head(ctx, i, out.tx)
+            else:
+                cc_post_recovery(tab, i)
+        else:
+            tq[qb + Q_DUPACKS] = 0
+            if cc:
+                cc_ack_received(ctx, tab, i, min(acked, cc))
+        if tq[qb + Q_REXMT_AT]:
+            if ack == smax:
+                tq[qb + Q_REXMT_AT] = 0
+            else:
+                arm_rexmt(ctx, tab, i)
+        if cc or tw[b + P_TFLAGS] & TF_NEEDFIN:
+            out.kick[i] = None
+        state = tw[b + P_STATE]
+        if ack == smax and tw[b + P_TFLAGS] & TF_SENTFIN:
+            if state == TCPS_FIN_WAIT_1:
+                tw[b + P_STATE] = TCPS_FIN_WAIT_2
+                st["tcp.tcps_finwait2"] += 1
+            elif state == TCPS_CLOSING:
+                start_timewait(ctx, tab, i)
+        if state == TCPS_LAST_ACK and ack == smax:
             _close(ctx, tab, i)
             st["tcp.tcps_closed"] += 1
             out.acknow.pop(i, None)
+            out.kick.pop(i, None)
             if m and plen:
                 ctx.drop(m, D.afterclose)
                 return True
@@ -652,16 +764,112 @@ def _ack_input(ctx: Ctx, tab: SocketTable, out: _Out, i: int, m: int, ack: int, 
     elif acked == 0 and m and not plen and not thflags & TH_FIN and \
             tw[b + P_SND_UNA] != smax:
         st["tcp.tcps_rcvdupack"] += 1  # only while something is outstanding
+        if cc and newwnd == oldwnd:
+            _dupack(ctx, tab, out, i, ack)
     return False
 
 
+def _dupack(ctx: Ctx, tab: SocketTable, out: _Out, i: int, ack: int) -> None:
+    """A duplicate ACK for a sender: fast retransmit on the third, inflation after."""
+    tq = tab.q
+    qb = i << 6
+    n = tq[qb + Q_DUPACKS] + 1
+    tq[qb + Q_DUPACKS] = n
+    if tab.w[(i << 7) + P_TFLAGS] & TF_FASTRECOVERY:
+        cc_dupack_in_recovery(tab, i)
+        out.kick[i] = None
+    elif n == TCP_REXMT_THRESH and seq_diff(ack, tq[qb + Q_SND_RECOVER] & SEQ_MASK) > 0:
+        cc_enter_recovery(ctx, tab, i)
+        ctx.stats.counters["tcp.tcps_fastrexmt"] += 1
+        tq[qb + Q_FASTREXMT] += 1
+        tcp_rexmit_head(ctx, i, out.tx)
+        arm_rexmt(ctx, tab, i)
+        out.kick[i] = None
+
+
+def _syn_sent_input(ctx: Ctx, tab: SocketTable, out: _Out, i: int, m: int, fam: int,
+                    src: int, dst: int, sport: int, dport: int, seq: int, ack: int,
+                    thflags: int, win: int, th: int, thoff: int, plen: int) -> None:
+    """Active open: our SYN is out; a SYN-ACK acknowledging it makes the connection
+    ESTABLISHED (options negotiated, cwnd = IW, RTT sampled, our ACK sent)."""
+    tw, tq = tab.w, tab.q
+    b, qb = i << 7, i << 6
+    st = ctx.stats.counters
+    ack_ok = bool(thflags & TH_ACK) and seq_diff(ack, tw[b + P_ISS]) > 0 and \
+        seq_diff(ack, tw[b + P_SND_MAX]) <= 0
+    if thflags & TH_ACK and not ack_ok:
+        ctx.drop(m, D.badack)
+        _reset_for(ctx, out, fam, src, dst, sport, dport, seq, ack, thflags, plen)
+        return
+    if thflags & TH_RST:
+        if ack_ok:  # connection refused
+            st["tcp.tcps_conndrops"] += 1
+            _close(ctx, tab, i)
+            out.consumed.append(m)
+        else:
+            ctx.drop(m, D.badrst)
+        return
+    if not thflags & TH_SYN or not ack_ok:  # simultaneous open is not supported
+        ctx.drop(m, D.badsyn if thflags & TH_SYN else D.noack)
+        return
+    try:
+        opts = parse_tcp_options(bytes(ctx.pool.buf[th + 20 : th + thoff])) if thoff > 20 \
+            else None
+    except PacketError:
+        opts = None
+    tf = tw[b + P_TFLAGS]
+    if opts is not None and opts.wscale is not None and tf & TF_REQ_SCALE:
+        tf |= TF_RCVD_SCALE
+        tw[b + P_SCALE] = min(opts.wscale, TCP_MAX_WINSHIFT) | (tw[b + P_SCALE] & 0xFF00)
+    else:
+        tw[b + P_SCALE] = 0
+    if opts is not None and opts.timestamp is not None and tf & TF_REQ_TSTMP:
+        tf |= TF_RCVD_TSTMP
+        tw[b + P_TS_RECENT] = opts.timestamp[0]
+    if opts is not None and opts.sack_permitted:
+        tf |= TF_SACK_PERMIT
+    tw[b + P_TFLAGS] = tf & ~(TF_REQ_SCALE | TF_REQ_TSTMP)
+    peer_mss = opts.mss if opts is not None and opts.mss else (1220 if fam == AF_INET6 else 536)
+    tw[b + P_MAXSEG] = min(tw[b + P_MAXSEG], peer_mss)
+    tw[b + P_IRS] = seq
+    tw[b + P_RCV_NXT] = tw[b + P_RCV_ADV] = (seq + 1) & SEQ_MASK
+    tw[b + P_SND_UNA] = ack
+    tw[b + P_SND_WND] = win  # a SYN's window is never scaled
+    tq[qb + Q_SND_MAXWND] = win
+    tq[qb + Q_SND_WL1] = _WL_SET | seq
+    tq[qb + Q_SND_WL2] = _WL_SET | ack
+    tw[b + P_STATE] = TCPS_ESTABLISHED
+    if tq[qb + Q_RTT_START]:
+        rtt_sample(ctx, tab, i, ctx.now - tq[qb + Q_RTT_START])
+        tq[qb + Q_RTT_START] = 0
+    tq[qb + Q_REXMT_AT] = 0
+    cc_conn_init(ctx, tab, i)
+    st["tcp.tcps_connects"] += 1
+    out.acknow[i] = None
+    out.kick[i] = None
+    if plen:
+        ctx.drop(m, D.syndata)
+    else:
+        out.consumed.append(m)
+
+
 def _fin(ctx: Ctx, tab: SocketTable, out: _Out, i: int) -> None:
-    """The peer's FIN is in order: ESTABLISHED -> CLOSE_WAIT, and (not auto) the
-    application closes at once: our FIN goes with the ACK (LAST_ACK)."""
+    """The peer's FIN is in order. ESTABLISHED -> CLOSE_WAIT, and (not auto) the
+    application closes at once: our FIN goes with the ACK (LAST_ACK), after any
+    data still in the send buffer. FIN_WAIT_1 -> CLOSING, FIN_WAIT_2 -> TIME_WAIT
+    (an active close)."""
     tw = tab.w
     b = i << 7
     tw[b + P_TFLAGS] &= ~TF_FIN_PENDING
     state = tw[b + P_STATE]
+    if state in (TCPS_FIN_WAIT_1, TCPS_FIN_WAIT_2):
+        tw[b + P_RCV_NXT] = (tw[b + P_RCV_NXT] + 1) & SEQ_MASK
+        out.acknow[i] = None
+        if state == TCPS_FIN_WAIT_1:
+            tw[b + P_STATE] = TCPS_CLOSING
+        else:
+            start_timewait(ctx, tab, i)
+        return
     if state not in (TCPS_ESTABLISHED, TCPS_SYN_RECEIVED):
         return
     tw[b + P_RCV_NXT] = (tw[b + P_RCV_NXT] + 1) & SEQ_MASK
@@ -669,12 +877,19 @@ def _fin(ctx: Ctx, tab: SocketTable, out: _Out, i: int) -> None:
     if tw[b + P_SFLAGS] & SF_AUTO:
         return
     tw[b + P_STATE] = TCPS_LAST_ACK
+    if tab.q[(i << 6) + Q_SNDBUF_CC] or tw[b + P_SND_UNA] != tw[b + P_SND_MAX]:
+        tw[b + P_TFLAGS] |= TF_NEEDFIN  # our FIN follows the data still to send
     out.acknow[i] = None
 
 
 def _send_acks(ctx: Ctx, tab: SocketTable, out: _Out) -> None:
-    """One ACK per connection that owes one now (FIN|ACK in LAST_ACK)."""
+    """Senders whose window opened or whose data was acked send what they may now
+    (their segments carry the ACK); then one ACK per connection that still owes
+    one (FIN|ACK in LAST_ACK)."""
     tw = tab.w
+    for i in out.kick:
+        if tw[(i << 7) + P_STATE] != TCPS_CLOSED and tcp_output_sock(ctx, i, out.tx):
+            out.acknow.pop(i, None)
     pending = ctx.extra.get(_DELACK_KEY)
     for i in out.acknow:
         b = i << 7
@@ -688,9 +903,11 @@ def _send_acks(ctx: Ctx, tab: SocketTable, out: _Out) -> None:
 def _ack_now(ctx: Ctx, tab: SocketTable, out: _Out, i: int) -> None:
     tw = tab.w
     b = i << 7
-    tw[b + P_TFLAGS] &= ~(TF_ACKNOW | TF_DELACK)
     fam = tw[b + 1] >> 8
-    if tw[b + P_STATE] == TCPS_LAST_ACK:
+    if tw[b + P_TFLAGS] & TF_NEEDFIN and tcp_output_sock(ctx, i, out.tx):
+        return  # data and / or our FIN went out, carrying the ACK
+    tw[b + P_TFLAGS] &= ~(TF_ACKNOW | TF_DELACK)
+    if tw[b + P_STATE] == TCPS_LAST_ACK and not tw[b + P_TFLAGS] & TF_NEEDFIN:
         if not tw[b + P_TFLAGS] & TF_SENTFIN:
             seq = tw[b + P_SND_NXT]
             tw[b + P_SND_NXT] = tw[b + P_SND_MAX] = (seq + 1) & SEQ_MASK
@@ -705,27 +922,29 @@ def _ack_now(ctx: Ctx, tab: SocketTable, out: _Out, i: int) -> None:
 
 
 def tcp_timers(ctx: Ctx) -> Routed:
-    """The delayed-ACK timer: send the ACKs owed for longer than TCPTV_DELACK (40 ms).
+    """The TCP timers: delayed ACKs owed for longer than TCPTV_DELACK (40 ms), then
+    the senders' retransmission, persist and TIME_WAIT timers (tcp_timer.py).
 
     tcp_input cannot read the clock, so the runtime calls this periodically
-    (every few ms) with ctx.now set, in each process that runs tcp_input:
-    it only looks at connections this process left an ACK owing on, and
-    skips those whose ACK another runner has since sent. Returns the ACKs
-    for ip_output / ip6_output.
+    (every few ms) with ctx.now set, in each process that runs tcp_input or a
+    sender: it only looks at connections this process left an ACK owing or a
+    sender timer armed on, and skips delayed ACKs another runner has since
+    sent. Returns the segments for ip_output / ip6_output.
     """
     pending: set[int] | None = ctx.extra.get(_DELACK_KEY)
-    if not pending:
-        return {}
-    tab: SocketTable = ctx.sockets
-    tw, tq = tab.w, tab.q
     out = _Out()
-    for i in list(pending):
-        b = i << 7
-        if not tw[b + P_TFLAGS] & TF_DELACK or tw[b + P_STATE] == TCPS_CLOSED:
-            pending.discard(i)
-            continue
-        if ctx.now - tq[(i << 6) + Q_DELACK_SINCE] >= TCPTV_DELACK_NS:
-            pending.discard(i)
-            _ack_now(ctx, tab, out, i)
-            ctx.stats.counters["tcp.tcps_delack"] += 1
+    if pending:
+        tab: SocketTable = ctx.sockets
+        tw, tq = tab.w, tab.q
+        for i in list(pending):
+            b = i << 7
+            if not tw[b + P_TFLAGS] & TF_DELACK or tw[b + P_STATE] == TCPS_CLOSED:
+                pending.discard(i)
+                continue
+            if ctx.now - tq[(i << 6) + Q_DELACK_SINCE] >= TCPTV_DELACK_NS:
+                pending.discard(i)
+                _ack_now(ctx, tab, out, i)
+                ctx.stats.counters["tcp.tcps_delack"] += 1
+    if ctx.extra.get("tcp_sender_timers"):
+        tcp_sender_timers(ctx, out.tx)
     return out.tx
