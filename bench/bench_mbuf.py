@@ -6,7 +6,10 @@ Prints, as the median of N runs with min and max:
   - cross-process: process A allocates (m_getcl, mbuf + 2k cluster) and sends
     the handles over ZeroMQ ipc:// to process B, which frees them; batched
     by 1 and by 32 handles per message. B returns a credit every 64 batches
-    so A never runs the pool dry (as a ring's size bounds a real NIC).
+    so A never runs the pool dry (as a ring's size bounds a real NIC);
+  - the same ZeroMQ pipeline with no pool work at all (the bound of the
+    ZeroMQ rows), and the pool's cross-process cost over a shared-memory
+    ring instead of ZeroMQ.
 
 An "operation" is one buffer allocated and freed. Usage:
     python bench/bench_mbuf.py [--runs 5] [--seconds 1.0]
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -30,6 +34,23 @@ from dispatch.mbuf import MbufPool, PoolConfig
 CONFIG = PoolConfig(nmbufs=65536, nclusters=32768, njumbop=16, njumbo9=4, njumbo16=4,
                     bucket=256)
 CREDIT_EVERY = 64
+#: CPU microseconds per operation of the last cross-process case: (A, B). On a
+#: shared machine the wall-clock rate depends on who else runs; CPU per op does
+#: not (much), and 1 / max(A, B) is the rate two idle cores would reach.
+LAST_CPU: list[tuple[float, float]] = []
+
+
+def _self_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _record_cpu(child: subprocess.Popen, a_cpu: float, ops: int) -> None:
+    """After the child exited: A's CPU and B's (which B printed as "cpu SECONDS",
+    counted from its first message) per op, in microseconds."""
+    out = child.stdout.read() if child.stdout else ""
+    b_cpu = float(out.split("cpu", 1)[1]) if "cpu" in out else float("nan")
+    LAST_CPU.append((a_cpu / max(ops, 1) * 1e6, b_cpu / max(ops, 1) * 1e6))
 WINDOW = 256  # batches in flight
 
 
@@ -82,9 +103,13 @@ def freer(pool_name: str, endpoint: str, credit_ep: str) -> None:
     rx.connect(endpoint)
     tx = ctx.socket(zmq.PUSH)
     tx.connect(credit_ep)
+    tx.send(b"ready")  # the allocator starts its clock on this
     got = 0
+    c0 = None
     while True:
         msg = rx.recv()
+        if c0 is None:
+            c0 = _self_cpu()
         if msg == b"stop":
             break
         hs = memoryview(msg).cast("I")
@@ -95,6 +120,7 @@ def freer(pool_name: str, endpoint: str, credit_ep: str) -> None:
         got += 1
         if got % CREDIT_EVERY == 0:
             tx.send(b"c")
+    print(f"cpu {_self_cpu() - (c0 or 0)}", flush=True)
     tx.send(b"done")
     rx.close()
     tx.close(linger=1000)
@@ -111,12 +137,13 @@ def cross(pool: MbufPool, seconds: float, batch: int, tmp: str) -> float:
     credits = ctx.socket(zmq.PULL)
     credits.bind(credit_ep)
     child = subprocess.Popen([sys.executable, __file__, "--freer", pool.name, endpoint,
-                              credit_ep])
+                              credit_ep], stdout=subprocess.PIPE, text=True)
     try:
         in_flight = 0
         sent = 0
-        # warm up: one round trip so both sides are connected before timing
+        assert credits.recv() == b"ready"  # B is up: only now start the clock
         t0 = time.perf_counter()
+        cpu0 = _self_cpu()
         end = t0 + seconds
         while True:
             if in_flight >= WINDOW:
@@ -145,12 +172,83 @@ def cross(pool: MbufPool, seconds: float, batch: int, tmp: str) -> float:
         while credits.recv() != b"done":
             pass
         elapsed = time.perf_counter() - t0
+        a_cpu = _self_cpu() - cpu0
     finally:
         child.wait(timeout=30)
         tx.close(linger=0)
         credits.close(linger=0)
         ctx.term()
+    _record_cpu(child, a_cpu, sent * batch)
     assert pool.audit().whole, pool.audit()
+    return sent * batch / elapsed
+
+
+def bare_sink(endpoint: str, credit_ep: str) -> None:
+    """Process B of the bare case: receive handle batches and do nothing with them."""
+    ctx = zmq.Context()
+    rx = ctx.socket(zmq.PULL)
+    rx.connect(endpoint)
+    tx = ctx.socket(zmq.PUSH)
+    tx.connect(credit_ep)
+    tx.send(b"ready")  # the allocator starts its clock on this
+    got = 0
+    c0 = None
+    while True:
+        msg = rx.recv()
+        if c0 is None:
+            c0 = _self_cpu()
+        if msg == b"stop":
+            break
+        memoryview(msg).cast("I")
+        got += 1
+        if got % CREDIT_EVERY == 0:
+            tx.send(b"c")
+    print(f"cpu {_self_cpu() - (c0 or 0)}", flush=True)
+    tx.send(b"done")
+    rx.close()
+    tx.close(linger=1000)
+    ctx.term()
+
+
+def bare_zmq(seconds: float, batch: int, tmp: str) -> float:
+    """The same ZeroMQ pipeline with no pool at all: the same 32 handles sent again
+    and again. What this costs bounds the cross-process rows from above."""
+    endpoint = f"ipc://{tmp}/bench-mbuf-bare"
+    credit_ep = f"ipc://{tmp}/bench-mbuf-bare-credit"
+    ctx = zmq.Context()
+    tx = ctx.socket(zmq.PUSH)
+    tx.bind(endpoint)
+    credits = ctx.socket(zmq.PULL)
+    credits.bind(credit_ep)
+    child = subprocess.Popen([sys.executable, __file__, "--bare-sink", endpoint, credit_ep],
+                             stdout=subprocess.PIPE, text=True)
+    payload = array("I", range(1, batch + 1)).tobytes()
+    try:
+        in_flight = sent = 0
+        assert credits.recv() == b"ready"  # B is up: only now start the clock
+        t0 = time.perf_counter()
+        cpu0 = _self_cpu()
+        end = t0 + seconds
+        while True:
+            if in_flight >= WINDOW:
+                credits.recv()
+                in_flight -= CREDIT_EVERY
+            tx.send(payload)
+            in_flight += 1
+            sent += 1
+            if sent % 256 == 0 and time.perf_counter() >= end:
+                break
+        tx.send(b"stop")
+        while credits.recv() != b"done":
+            pass
+        elapsed = time.perf_counter() - t0
+        a_cpu = _self_cpu() - cpu0
+    finally:
+        child.wait(timeout=30)
+        tx.close(linger=0)
+        credits.close(linger=0)
+        ctx.term()
+    _record_cpu(child, a_cpu, sent * batch)
     return sent * batch / elapsed
 
 
@@ -162,12 +260,16 @@ def ring_freer(pool_name: str, ring_name: str) -> None:
     rings = RingSet.attach(ring_name)
     ring = rings.rx[0]
     stop = rings.tx[0]
+    c0 = None
     while True:
         hs = ring.pop_array(256)
         if len(hs):
+            if c0 is None:
+                c0 = _self_cpu()
             pool.freem_batch(hs)
         elif len(stop):  # the allocator's "done" (a handle-less tx post)
             break
+    print(f"cpu {_self_cpu() - (c0 or 0)}", flush=True)
     rings.close()
     pool.close()
 
@@ -179,11 +281,17 @@ def cross_ring(pool: MbufPool, seconds: float, batch: int) -> float:
 
     ring_name = f"{pool.name}.ring"
     rings = RingSet.create(ring_name, rx_queues=1, tx_queues=1, rx_size=8192, tx_size=8)
-    child = subprocess.Popen([sys.executable, __file__, "--ring-freer", pool.name, ring_name])
+    child = subprocess.Popen([sys.executable, __file__, "--ring-freer", pool.name, ring_name],
+                             stdout=subprocess.PIPE, text=True)
     try:
         ring = rings.rx[0]
         sent = 0
+        hs = pool.getcl_batch(1)  # B is up once it has taken this: then start the clock
+        ring.push_many(hs)
+        while len(ring):
+            time.sleep(0.001)
         t0 = time.perf_counter()
+        cpu0 = _self_cpu()
         end = t0 + seconds
         while True:
             hs = pool.getcl_batch(batch) if batch > 1 else _one(pool)
@@ -200,10 +308,12 @@ def cross_ring(pool: MbufPool, seconds: float, batch: int) -> float:
         while pool.in_use():
             time.sleep(0.0001)
         elapsed = time.perf_counter() - t0
+        a_cpu = _self_cpu() - cpu0
         rings.tx[0].push_many([0])
         child.wait(timeout=30)
     finally:
         rings.close()
+    _record_cpu(child, a_cpu, sent)
     return sent / elapsed
 
 
@@ -220,6 +330,9 @@ def fmt(name: str, xs: list[float]) -> str:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--freer":
         freer(*sys.argv[2:5])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--bare-sink":
+        bare_sink(*sys.argv[2:4])
         return
     if len(sys.argv) > 1 and sys.argv[1] == "--ring-freer":
         ring_freer(*sys.argv[2:4])
@@ -245,17 +358,28 @@ def main() -> None:
              lambda: cross(pool, args.seconds, 1, tmp)),
             ("cross-process m_getcl A -> free B, batch 32",
              lambda: cross(pool, args.seconds, 32, tmp)),
+            ("  bare ZeroMQ, 32 handles a message, no pool",
+             lambda: bare_zmq(args.seconds, 32, tmp)),
             ("  same over a shared-memory ring, batch 1",
              lambda: cross_ring(pool, args.seconds, 1)),
             ("  same over a shared-memory ring, batch 32",
              lambda: cross_ring(pool, args.seconds, 32)),
         ]
         results: dict[str, list[float]] = {n: [] for n, _ in cases}
+        cpus: dict[str, list[tuple[float, float]]] = {n: [] for n, _ in cases}
         for _ in range(args.runs):  # interleaved, so drift hits every case alike
             for n, fn in cases:
+                LAST_CPU.clear()
                 results[n].append(fn())
+                cpus[n].extend(LAST_CPU)
         for n, _ in cases:
-            print(fmt(n, results[n]))
+            line = fmt(n, results[n])
+            if cpus[n]:  # cross-process: CPU per op on each side (robust to a busy machine)
+                a = statistics.median(x for x, _ in cpus[n])
+                b = statistics.median(y for _, y in cpus[n])
+                line += (f"  cpu/op A {a:.2f} us, B {b:.2f} us"
+                         f" (two idle cores: {1 / max(a, b):.2f} M/s)")
+            print(line)
 
 
 if __name__ == "__main__":

@@ -100,6 +100,14 @@ def model_run(model: str, batch: int, seconds: float, rate: float) -> dict:
     return doc
 
 
+def cpu_per_packet(doc: dict) -> float:
+    """CPU microseconds per delivered packet, summed over every role: on a machine
+    shared with other work this moves far less than the rate does."""
+    cpu = sum(r["cpu_user_s"] + r["cpu_sys_s"] for r in doc["roles"].values()
+              if "cpu_user_s" in r)
+    return cpu / max(doc["delivered"], 1) * 1e6
+
+
 def fmt(xs: list[float], unit: str = "kpps", scale: float = 1e3) -> str:
     return (f"{statistics.median(xs) / scale:8.1f} {unit} "
             f"[{min(xs) / scale:.1f}, {max(xs) / scale:.1f}]")
@@ -121,6 +129,7 @@ def main() -> None:
     print(f"median of {args.runs} interleaved runs [min, max], {args.seconds:.0f} s each; "
           f"64-byte UDP, internal source, rxcsum on")
     peak: dict[tuple[str, int], list[float]] = {}
+    cpu: dict[tuple[str, int], list[float]] = {}
     light: dict[str, list[tuple[float, float]]] = {m: [] for m in models}
     for _ in range(args.runs):
         for batch in (128, 32, 1):
@@ -131,6 +140,7 @@ def main() -> None:
             for m in models:
                 doc = model_run(m, batch, args.seconds, float("inf"))
                 peak.setdefault((m, batch), []).append(doc["throughput_pps"])
+                cpu.setdefault((m, batch), []).append(cpu_per_packet(doc))
         for m in models:
             doc = model_run(m, 32, args.seconds, 10_000.0)
             e2e = doc["latency_us"]["e2e"]
@@ -146,6 +156,8 @@ def main() -> None:
             if key in base:
                 ratio = (f"  = {statistics.median(xs) / statistics.median(peak[(base[key], batch)]):.2f}"
                          f" of {base[key]}")
+            if (key, batch) in cpu:
+                ratio += f"; {statistics.median(cpu[(key, batch)]):.1f} us CPU per packet"
             print(f"  {key:22s} {fmt(xs)}{ratio}")
     print("\nlight load (10 kpps, batch 32), one-way latency DMA -> user receive:")
     for m in models:

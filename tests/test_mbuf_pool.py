@@ -314,6 +314,39 @@ class ChainMachine(RuleBasedStateMachine):
             self.pool.freem(m)
             del self.model[m]
 
+    @rule(n=st.integers(0, 40), size=st.sampled_from([MCLBYTES, 4096, 9216]),
+          data=st.binary(max_size=40), cluster=st.booleans(), pkthdr=st.booleans())
+    def make_batch(self, n, size, data, cluster, pkthdr):
+        """getcl_batch / get_batch: fresh buffers (possibly fewer: counted denials),
+        each then written like a single allocation."""
+        p = self.pool
+        denied = sum(z.denied for z in p.stats().zones)
+        hs = p.getcl_batch(n, size) if cluster else p.get_batch(n, pkthdr=pkthdr)
+        assert hs.dtype == np.intp and len(hs) <= n and len(set(hs.tolist())) == len(hs)
+        if len(hs) < n:
+            assert sum(z.denied for z in p.stats().zones) > denied
+        for m in hs.tolist():
+            assert m not in self.model
+            assert p.length(m) == 0 and p.next(m) == 0
+            assert bool(p.flags(m) & L.M_EXT) == cluster
+            if not (cluster or pkthdr):
+                p.freem(m)  # plain mbufs are not packets: free them one by one
+                continue
+            assert p.append(m, data)
+            self.model[m] = data
+
+    @rule(k=st.integers(0, 40), data=st.data())
+    def free_batch(self, k, data):
+        """freem_batch over any mix of live chains (single buffers, chains, shared
+        clusters, mixed zones): the same as freem on each."""
+        live = [m for m in self.model if m]
+        if not live:
+            return
+        pick = data.draw(st.lists(st.sampled_from(live), max_size=k, unique=True))
+        self.pool.freem_batch(np.array(pick, dtype=np.intp))
+        for m in pick:
+            del self.model[m]
+
     @rule(m=chains, off=st.integers(0, 4000), ln=st.integers(0, 4000))
     def copydata(self, m, off, ln):
         if m in self.model and m and off + ln <= len(self.model[m]):

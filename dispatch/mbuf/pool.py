@@ -60,6 +60,7 @@ REF_LOCK_BASE = 8  # lock bytes 9..12 guard shared-cluster refcounts per zone
 
 
 _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
+_FREE_SMALL = 3  # freem_batch frees batches up to this size one by one (measured cheaper)
 _INUSE16 = bytes(array("H", [L.ST_INUSE] * _BATCH_MAX))
 _ZERO32 = bytes(4 * _BATCH_MAX)
 _ONE32 = bytes(array("I", [1] * _BATCH_MAX))
@@ -234,6 +235,9 @@ class MbufPool:
         meta = np.frombuffer(mm, np.uint32, 2 * (ncl + 1), g.meta_off).reshape(ncl + 1, 2)
         self._ref_col = meta[:, 0]
         self._cown_col = meta[:, 1]
+        #: the same (refcount, owner) pairs as one u64 each (refcount in the low half):
+        #: a batch sets both with one fancy assignment
+        self._meta64 = np.frombuffer(mm, np.uint64, ncl + 1, g.meta_off)
         # per cluster id: its zone and the absolute offset of its storage (Python lists:
         # a list index is the cheapest lookup there is on the per-packet path)
         self.cl_zone: list[int] = [0]
@@ -256,11 +260,19 @@ class MbufPool:
         self._caches: list[list[int]] = [[] for _ in range(L.NZONES)]
         self._bucket = [max(1, min(bucket, n // 8 or 1)) for n in counts]
         self._cmax = [2 * b for b in self._bucket]
+        # batch caches: the same per-process caches for the batch operations, as
+        # numpy arrays (a batch of handles moves in or out as one slice, with no
+        # conversion to or from a Python list); filled from and flushed to the
+        # global stacks a bucket at a time, like the list caches of get/free
+        self._bc = [np.empty(c + _BATCH_MAX, dtype=np.intp) for c in self._cmax]
+        self._bn = [0] * L.NZONES
         self._denied = [0] * L.NZONES
         self.slot = self._claim_slot(owner)
         self.owner_name = owner
         self.inuse_tag = (L.ST_INUSE << L.STATE_SHIFT) | self.slot
         self.cached_tag = (L.ST_CACHED << L.STATE_SHIFT) | self.slot
+        self._meta_inuse1 = np.uint64(1 | self.inuse_tag << 32)  # refcount 1, ours
+        self._meta_cached = np.uint64(self.cached_tag << 32)  # refcount 0, in our cache
         self._t_plain = memoryview(array("I", [0, 0, L.M_DAT_OFF, 0, L.MT_DATA, 0,
                                                self.inuse_tag, 0]))
         self._t_hdr = memoryview(array("I", [0, 0, L.M_PKTDAT_OFF, 0, L.MT_DATA, L.M_PKTHDR,
@@ -335,6 +347,9 @@ class MbufPool:
             for z in range(L.NZONES):
                 while self._caches[z]:
                     self._flush(z, len(self._caches[z]))
+                if self._bn[z]:
+                    self._flush_arr(z, self._bc[z][: self._bn[z]])
+                    self._bn[z] = 0
             with self._owner_lock:
                 row = self._owners[self.slot]
                 retired = self._owners[0]
@@ -353,6 +368,7 @@ class MbufPool:
             v.release()
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
+        del self._meta64
         del self._next_col, self._own_col, self._ext_col, self._state16
         self._seg_np = None
         self.buf.release()
@@ -370,8 +386,15 @@ class MbufPool:
 
     # ------------------------------------------------------- caches (UMA-ish)
     def _refill(self, z: int) -> int:
-        """Take a bucket from the global stack into our cache; returns how many came."""
+        """Take a bucket from our batch cache, else from the global stack, into our
+        list cache; returns how many came."""
         n_want = self._bucket[z]
+        bn = self._bn[z]
+        if bn:
+            k = min(n_want, bn)
+            self._caches[z].extend(self._bc[z][bn - k : bn].tolist())
+            self._bn[z] = bn - k
+            return k
         stack = self._stacks[z]
         with self._zone_locks[z]:
             top = self._tops[z]
@@ -395,6 +418,41 @@ class MbufPool:
             top = self._tops[z]
             stack[top : top + len(hs)] = hs
             self._tops[z] = top + len(hs)
+
+    def _flush_arr(self, z: int, hs: np.ndarray) -> None:
+        """Return the handles `hs` (from our batch cache) to the global stack."""
+        stack = self._stacks[z]
+        with self._zone_locks[z]:
+            (self._cown_col if z else self._own_col)[hs] = 0
+            top = self._tops[z]
+            stack[top : top + len(hs)] = hs
+            self._tops[z] = top + len(hs)
+
+    def _fill_batch(self, z: int, n: int) -> None:
+        """Bring our batch cache up to `n` handles if the pool has them: first from
+        our list cache, then from the global stack, at least a bucket at a time."""
+        bc = self._bc[z]
+        bn = self._bn[z]
+        c = self._caches[z]
+        if c:
+            k = min(len(c), len(bc) - bn)
+            bc[bn : bn + k] = c[len(c) - k :]
+            del c[len(c) - k :]
+            bn += k
+        if bn < n:
+            want = min(max(self._bucket[z], n - bn), len(bc) - bn)
+            stack = self._stacks[z]
+            with self._zone_locks[z]:
+                top = self._tops[z]
+                k = min(want, top)
+                if k:
+                    hs = stack[top - k : top].astype(np.intp)
+                    self._tops[z] = top - k
+                    (self._cown_col if z else self._own_col)[hs] = self.cached_tag
+            if k:
+                bc[bn : bn + k] = hs
+                bn += k
+        self._bn[z] = bn
 
     def _deny(self, z: int, n: int = 1) -> None:
         self._owners[self.slot, OS_DENIED + z] += n
@@ -543,38 +601,50 @@ class MbufPool:
         z = L.zone_for_size(size)
         if not z:
             raise PoolError(f"cluster size {size} too large: zones are {L.CLUSTER_SIZES}")
-        ms = self._take_many(0, n)
-        cls = self._take_many(z, n)
-        k = min(len(ms), len(cls))
+        m_arr = self._take_many(0, n)
+        c_arr = self._take_many(z, n)
+        k = min(len(m_arr), len(c_arr))
         if k < n:
             self._owners[self.slot, OS_GETCL_DENIED] += n - k
-            for h in ms[k:]:
-                self._give(0, h)
-            for h in cls[k:]:
-                self._give(z, h)
-            ms, cls = ms[:k], cls[:k]
-        m_arr = np.array(ms, dtype=np.intp)
+            self._give_many(0, m_arr[k:])
+            self._give_many(z, c_arr[k:])
+            m_arr, c_arr = m_arr[:k], c_arr[:k]
         if k:
-            c_arr = np.array(cls, dtype=np.intp)
             self._mh[m_arr, : L.PKTHDR_WORDS_END] = self._t_rx
             self._ext_col[m_arr] = c_arr
-            self._ref_col[c_arr] = 1
-            self._cown_col[c_arr] = self.inuse_tag
+            self._meta64[c_arr] = self._meta_inuse1
         return m_arr
 
     def get_batch(self, n: int, *, pkthdr: bool = True) -> np.ndarray:
         """n mbufs (packet-header ones by default) without clusters. May return fewer."""
-        ms = self._take_many(0, n)
-        m_arr = np.array(ms, dtype=np.intp)
-        if ms:
+        m_arr = self._take_many(0, n)
+        if len(m_arr):
             if pkthdr:
                 self._mh[m_arr, : L.PKTHDR_WORDS_END] = self._t_hdr_np
             else:
                 self._mh[m_arr, :8] = self._t_plain_np
         return m_arr
 
-    def _take_many(self, z: int, n: int) -> list[int]:
+    def _take_many(self, z: int, n: int) -> np.ndarray:
+        """Up to n handles of zone z from our caches (as an intp array, in use from
+        now on: the caller tags them); a shortfall is counted as denied."""
+        if n > _BATCH_MAX:
+            return np.array(self._take_many_list(z, n), dtype=np.intp)
+        bn = self._bn[z]
+        if bn < n:
+            self._fill_batch(z, n)
+            bn = self._bn[z]
+            if bn < n:
+                self._deny(z, n - bn)
+                n = bn
+        out = self._bc[z][bn - n : bn].copy()
+        self._bn[z] = bn - n
+        return out
+
+    def _take_many_list(self, z: int, n: int) -> list[int]:
         c = self._caches[z]
+        while self._bn[z] and len(c) < n:
+            self._refill(z)
         while len(c) < n and self._refill(z) and len(c) < n:
             pass
         if len(c) < n:
@@ -584,23 +654,35 @@ class MbufPool:
         del c[len(c) - k :]
         return out
 
-    def freem_batch(self, handles: Sequence[int] | np.ndarray) -> None:
+    def freem_batch(self, handles: Sequence[int] | np.ndarray, *,
+                    heads: np.ndarray | None = None) -> None:
         """Free a batch of packets.
 
         The common case, each packet one mbuf on a cluster of one zone that
         nobody shares, is done with a handful of vector operations; anything
         else (chains, shared clusters, mixed zones) falls back to freem.
+        `heads` (optional) is the batch's header rows as the caller has just read
+        them (``headers[handles]``, at least the 8 m_hdr words), saving a gather.
         """
+        if len(handles) <= _FREE_SMALL:  # the vector path's fixed cost does not pay
+            for m in handles:
+                self.freem(int(m))
+            return
         arr = np.asarray(handles).astype(np.intp, copy=False)
         n = len(arr)
-        if not n:
+        if n > _BATCH_MAX:
+            for m in arr.tolist():
+                self.freem(m)
             return
-        if (self._state16[arr].tobytes() != _INUSE16[: 2 * n]
-                or self._next_col[arr].tobytes() != _ZERO32[: 4 * n]):
+        # m_hdr words of the whole batch: one gather
+        # (take of whole rows: measured 3x cheaper here than a fancy index with a slice)
+        hd = (self._mh.take(arr, 0) if heads is None else heads)[:, : L.W_EXT + 1]
+        if (hd.view(np.uint16)[:, 2 * L.W_OWNER + 1].tobytes() != _INUSE16[: 2 * n]
+                or hd[:, L.W_NEXT].tobytes() != _ZERO32[: 4 * n]):
             for m in arr.tolist():  # chains, or a double free that freem reports
                 self.freem(m)
             return
-        ext = self._ext_col[arr]
+        ext = hd[:, L.W_EXT]
         if ext.tobytes() == _ZERO32[: 4 * n]:  # plain mbufs, no clusters
             self._own_col[arr] = self.cached_tag
             self._give_many(0, arr)
@@ -612,17 +694,29 @@ class MbufPool:
             for m in arr.tolist():
                 self.free(m)
             return
-        self._ref_col[ext] = 0
-        self._cown_col[ext] = self.cached_tag
+        self._meta64[ext] = self._meta_cached
         self._own_col[arr] = self.cached_tag
         self._give_many(z, ext)
         self._give_many(0, arr)
 
     def _give_many(self, z: int, hs: np.ndarray) -> None:
-        c = self._caches[z]
-        c.extend(hs.tolist())
-        while len(c) > self._cmax[z]:
-            self._flush(z, self._bucket[z])
+        """Put freed handles (already tagged cached) into our batch cache; flush
+        buckets to the global stack while it holds more than its maximum."""
+        k = len(hs)
+        if not k:
+            return
+        bc = self._bc[z]
+        bn = self._bn[z]
+        if k > len(bc) - bn:
+            self._flush_arr(z, hs)
+            return
+        bc[bn : bn + k] = hs
+        bn += k
+        b = self._bucket[z]
+        while bn > self._cmax[z]:
+            self._flush_arr(z, bc[bn - b : bn])
+            bn -= b
+        self._bn[z] = bn
 
     def adopt(self, handles: Sequence[int] | np.ndarray) -> None:
         """Take ownership of received packets (retag their head mbufs as ours)."""

@@ -4,6 +4,7 @@ from dispatch.stages import (  # noqa: F401
     ether,
     forward,
     icmp,
+    inputfast,
     ip,
     ip6,
     socket,

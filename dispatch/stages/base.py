@@ -211,6 +211,38 @@ def registry() -> dict[str, StageFn]:
     return dict(_REGISTRY)
 
 
+# A fusion runs a chain of consecutive stages over a whole batch in one pass, or
+# returns None having changed nothing (the batch is not its common case): then
+# the stages run one by one, with the same results. fn(ctx, batch, entry).
+FusedFn = Callable[["Ctx", list[int], str], "Routed | None"]
+_FUSIONS: list[tuple[tuple[str, ...], FusedFn]] = []
+FUSED_MIN = 4  # smaller batches go stage by stage
+
+
+def fusion(*chain: str) -> Callable[[FusedFn], FusedFn]:
+    """Register a fused fast path for the stage chain (entered at any of its stages
+    but the last, when that stage and every later one are local to the runner)."""
+
+    def deco(fn: FusedFn) -> FusedFn:
+        if (chain, fn) not in _FUSIONS:
+            _FUSIONS.append((chain, fn))
+        return fn
+
+    return deco
+
+
+def _fusions_for(local: Mapping[str, StageFn]) -> dict[str, FusedFn]:
+    """entry stage -> fused path, for the chains whose stages (from the entry on) are
+    the registered stage functions and all local."""
+    out: dict[str, FusedFn] = {}
+    for chain, fn in _FUSIONS:
+        for k in range(len(chain) - 1):
+            tail = chain[k:]
+            if all(s in local and local[s] is _REGISTRY.get(s) for s in tail):
+                out.setdefault(chain[k], fn)
+    return out
+
+
 class Runner:
     """Runs the stages local to one process; returns what leaves for elsewhere.
 
@@ -219,10 +251,13 @@ class Runner:
     """
 
     def __init__(self, ctx: Ctx, local: Mapping[str, StageFn], *,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, fuse: bool = True) -> None:
         self.ctx = ctx
         self.local = dict(local)
         self.clock = clock
+        #: entry stage -> fused fast path over it and the local stages after it
+        #: (fuse=False: always stage by stage, as a benchmark's reference)
+        self.fused = _fusions_for(self.local) if fuse else {}
 
     def run(self, entry: str, batch: list[int], now: int) -> Routed:
         """Run `batch` from stage `entry`; returns {stage: handles} for non-local stages.
@@ -239,6 +274,14 @@ class Runner:
         work: list[tuple[str, list[int]]] = [(entry, batch)]
         local = self.local
         first = True
+        fz = self.fused.get(entry)
+        if fz is not None and len(batch) >= FUSED_MIN:
+            if clock is not None:  # the fused path stamps the socket append
+                ctx.now = clock()
+            routed = fz(ctx, batch, entry)
+            if routed is not None:
+                first = False
+                work = [(nxt, hs) for nxt, hs in routed.items() if hs]
         while work:
             name, hs = work.pop(0)
             fn = local.get(name)

@@ -136,16 +136,71 @@ _EDELTA[L.W_LEN - L.W_DATA] = (1 << 32) - ETHER_HDR_LEN
 _EDELTA[L.W_PKTLEN - L.W_DATA] = (1 << 32) - ETHER_HDR_LEN
 
 
+# The lean path: a batch of frames of one length (the usual batch from one source)
+# needs no per-packet length checks; ethertype and group bit of every frame are
+# checked with one masked compare of the first 16 bytes. About a dozen numpy calls,
+# so it pays from a few packets on, where the general fast path above does not.
+_LEAN_MIN = 48  # measured: even with the per-packet path at 32, cheaper above
+_LEAN_MASK = np.frombuffer(bytes([0x01] + [0] * 11 + [0xFF, 0xFF, 0, 0]), np.uint64)
+_LEAN_V4 = bytes([0] * 12 + [0x08, 0x00, 0, 0])
+_LWIN: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _ether_input_lean(ctx: Ctx, batch: list[int]) -> Routed | None:
+    """Untagged unicast IPv4 frames of one length, each one mbuf on a cluster with the
+    whole header in it: strip the headers of the whole batch; None (nothing changed)
+    for any other batch. Exactly what `_ether_input_slow` does with such a batch."""
+    n = len(batch)
+    if n > 4096:
+        return None
+    pool = ctx.pool
+    hdr = pool.headers
+    arr = np.fromiter(batch, np.intp, n)
+    H = hdr.take(arr, 0)
+    pk_b = H[:, L.W_PKTLEN].tobytes()
+    if pk_b != pk_b[:4] * n or H[:, L.W_LEN].tobytes() != pk_b:
+        return None
+    p0 = int(H[0, L.W_PKTLEN])
+    if p0 < ETHER_HDR_LEN or p0 > _max_frame(ctx):
+        return None
+    ext = H[:, L.W_EXT]
+    if np.count_nonzero(ext) != n:
+        return None
+    seg = pool.segment
+    win = _LWIN.get(id(seg))
+    if win is None or win[0] is not seg:
+        win = _LWIN[id(seg)] = (seg, np.lib.stride_tricks.as_strided(
+            seg, (len(seg) - 15, 16), (1, 1), writeable=False))
+    try:
+        g = win[1][pool.cluster_base.take(ext) + H[:, L.W_DATA]]
+    except IndexError:
+        return None
+    if (g.view(np.uint64) & _LEAN_MASK).tobytes() != _LEAN_V4 * n:
+        return None
+    new = H[:, L.W_DATA : L.W_HDRLENS + 1] + _EDELTA
+    new[:, -1] = ETHER_HDR_LEN  # W_HDRLENS: l2hlen, l3hlen and l4hlen cleared
+    hdr[arr, L.W_DATA : L.W_HDRLENS + 1] = new
+    stats = ctx.stats
+    stats.add("ether.if_ipackets", n)
+    stats.add("ether.if_ibytes", n * p0)
+    return {IP_INPUT: list(batch)}
+
+
 @stage(ETHER_INPUT)
 def ether_input(ctx: Ctx, batch: list[int]) -> Routed:
     """Check, strip and demultiplex Ethernet frames to ip_input / ip6_input.
 
-    The common case (every frame of the batch untagged unicast IPv4/IPv6 in a
-    cluster, at least a header long, not over the MTU) is handled for the whole
-    batch at once; any other batch goes through `_ether_input_slow`, the
+    A batch of untagged unicast IPv4 frames of one length goes through
+    `_ether_input_lean`; the common case (every frame of the batch untagged
+    unicast IPv4/IPv6 in a cluster, at least a header long, not over the MTU) is
+    handled for the whole batch at once; any other batch goes through `_ether_input_slow`, the
     per-packet reference, with exactly the same results.
     """
     n = len(batch)
+    if n >= _LEAN_MIN:
+        r = _ether_input_lean(ctx, batch)
+        if r is not None:
+            return r
     if n < _FAST_MIN:
         return _ether_input_slow(ctx, batch)
     pool = ctx.pool

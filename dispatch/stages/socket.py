@@ -191,7 +191,7 @@ def _soreceive_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
     st["copies.copyout_bytes"] += total
     st["socket.rcv_packets"] += n
     st["socket.rcv_bytes"] += total
-    pool.freem_batch(arr)
+    pool.freem_batch(arr, heads=H)  # H: read above, m_hdr words unchanged since
     return {}
 
 
