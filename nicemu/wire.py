@@ -226,10 +226,14 @@ def _make_socket(
             sock.setsockopt(opt, value)
         if configure is not None:
             configure(sock)
+        # tcp://: the process's CURVE keys (dispatch.runtime.transport), and no plain
+        # tcp off loopback unless allowed; ipc:// and inproc:// as they are
+        from dispatch.runtime import transport
+
         if bind:
-            sock.bind(endpoint)
+            transport.bind(sock, endpoint)
         else:
-            sock.connect(endpoint)
+            transport.connect(sock, endpoint)
     except BaseException:
         sock.close(0)
         raise

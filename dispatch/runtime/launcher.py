@@ -6,6 +6,12 @@ SIGTERM first, SIGKILL for any that outlive the grace period. Pinning to CPUs
 and a higher priority for the ithread are options applied right after spawn
 (sched_setaffinity; nice, or SCHED_FIFO where permitted), never defaults:
 pinning a role onto the core of its own ZeroMQ I/O thread cost 10-40 % here.
+
+The attached launcher is for roles that are already running (containers
+started by docker compose, processes on other hosts): they connect to the
+controller by address, and it watches their heartbeats instead of PIDs.
+DISPATCH_ATTACH names the roles that attach (`all`, or e.g. `trafgen`); the
+others are still spawned locally.
 """
 
 from __future__ import annotations
@@ -14,8 +20,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -107,3 +115,123 @@ class LocalLauncher:
             except subprocess.TimeoutExpired:
                 return False
         return True
+
+
+ATTACH_ENV = "DISPATCH_ATTACH"  # roles started elsewhere that attach: "all" or "trafgen,..."
+ATTACH_TIMEOUT_ENV = "DISPATCH_ATTACH_TIMEOUT"  # seconds to wait for their hellos
+HEARTBEAT_TIMEOUT_ENV = "DISPATCH_HEARTBEAT_TIMEOUT"  # seconds of silence that mean dead
+
+
+def attached_roles(env: dict[str, str] | None = None) -> frozenset[str]:
+    """The roles that attach instead of being spawned, from DISPATCH_ATTACH."""
+    from dispatch.runtime.placement import ROLES
+
+    raw = (os.environ if env is None else env).get(ATTACH_ENV, "").strip()
+    if not raw or raw == "none":
+        return frozenset()
+    if raw == "all":
+        return frozenset(ROLES) | {"trafgen"}
+    names = frozenset(r.strip() for r in raw.split(",") if r.strip())
+    valid = set(ROLES) | {"trafgen"}
+    bad = sorted(names - valid)
+    if bad:
+        raise ValueError(f"{ATTACH_ENV}={raw!r} names {', '.join(bad)}: valid are all, none, "
+                         f"or a comma list of {', '.join(sorted(valid))}")
+    return names
+
+
+def env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        v = float(raw)
+    except ValueError:
+        v = -1.0
+    if not v > 0:
+        raise ValueError(f"{name}={raw!r} is not valid: a positive number of seconds")
+    return v
+
+
+@dataclass
+class Attached:
+    """A role instance that runs elsewhere (a container, another host)."""
+
+    name: str
+    pid: int | None = None  # valid in this PID namespace, else None
+    addr: str | None = None
+    last_seen: float | None = None
+
+
+class AttachedLauncher:
+    """Roles that are already running and attach to the controller by address.
+
+    It starts nothing and can stop nothing: it serves the heartbeat channel
+    (a ROUTER beside the control endpoint) on a thread, answering every beat
+    with the run's id so that agents know their controller lives, and reports
+    a role as dead when its beats stop for `timeout_s`.
+    """
+
+    def __init__(self, endpoint: str, run_id: str, *, timeout_s: float = 5.0,
+                 transport: Any = None) -> None:
+        import zmq
+
+        from dispatch.runtime import transport as T
+
+        self.endpoint = endpoint
+        self.run_id = run_id
+        self.timeout_s = timeout_s
+        self.roles: dict[str, Attached] = {}
+        self.beats: dict[str, float] = {}
+        self._zctx = zmq.Context()
+        self._sock = self._zctx.socket(zmq.ROUTER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        self._sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        try:
+            T.bind(self._sock, endpoint, transport)
+        except BaseException:
+            self._sock.close(0)
+            self._zctx.term()
+            raise
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, name="dispatch-heartbeats",
+                                        daemon=True)
+        self._thread.start()
+
+    def expect(self, name: str) -> Attached:
+        a = self.roles[name] = Attached(name)
+        return a
+
+    def _serve(self) -> None:
+        import zmq
+
+        from dispatch.runtime.agent import pack
+
+        answer = pack({"type": "hb", "run": self.run_id})
+        try:
+            while not self._stop.is_set():
+                if not self._sock.poll(100):
+                    continue
+                ident, _raw = self._sock.recv_multipart()
+                self.beats[ident.decode(errors="replace")] = time.monotonic()
+                self._sock.send_multipart([ident, answer], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            return
+        finally:
+            self._sock.close(0)
+
+    def dead(self) -> list[tuple[str, str]]:
+        """(name, why) of every attached role whose heartbeats stopped."""
+        now = time.monotonic()
+        out = []
+        for name in self.roles:
+            seen = self.beats.get(name)
+            if seen is not None and now - seen > self.timeout_s:
+                out.append((name, f"no heartbeat for {now - seen:.1f} s "
+                                  f"(limit {self.timeout_s:g} s)"))
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2.0)
+        self._zctx.term()
