@@ -71,7 +71,58 @@ METRICS: list[Metric] = [
      _per_pkt(lambda d: float(sum(d["copies"].values()))), True),
     ("peak_mbufs", "peak mbufs in use", lambda d: d["mbuf"].get("peak_mbufs_in_use"), True),
 ]
-ROLE_PREFIXES = ("nic", "ithread", "netisr", "user", "trafgen")
+ROLE_PREFIXES = ("nic", "ithread", "netisr", "user", "txthread", "trafgen")
+
+
+def _fig(*path: str) -> Callable[[dict[str, Any]], float | None]:
+    def f(doc: dict[str, Any]) -> float | None:
+        v: Any = doc.get("egress", {}).get("figures", {})
+        for k in path:
+            if not isinstance(v, dict):
+                return None
+            v = v.get(k)
+        return None if v is None else float(v)
+
+    return f
+
+
+# what the generator measured, per workload: (key, label, getter, lower is better)
+WORKLOAD_METRICS: dict[str, list[Metric]] = {
+    "rr": [("rr_tps", "rr transactions/s", _fig("tps"), False),
+           ("rr_rtt_p50_us", "rr RTT p50 (us)", _fig("rtt_us", "p50"), True),
+           ("rr_rtt_p99_us", "rr RTT p99 (us)", _fig("rtt_us", "p99"), True),
+           ("rr_rtt_p999_us", "rr RTT p99.9 (us)", _fig("rtt_us", "p999"), True)],
+    "tx": [("tx_goodput_mbps", "tx goodput (Mbit/s)",
+            lambda d: (_fig("tcp_goodput_bps")(d) or _fig("goodput_bps")(d) or 0) / 1e6,
+            False),
+           ("tx_pps", "tx frames at the generator /s", _fig("received_pps"), False),
+           ("tx_lat_p50_us", "tx latency p50 (us)", _fig("latency_us", "p50"), True),
+           ("tx_lat_p99_us", "tx latency p99 (us)", _fig("latency_us", "p99"), True)],
+    "forward": [("fwd_pps", "forwarded pps", _fig("received_pps"), False),
+                ("fwd_lat_p50_us", "forwarding latency p50 (us)", _fig("latency_us", "p50"),
+                 True),
+                ("fwd_lat_p99_us", "forwarding latency p99 (us)", _fig("latency_us", "p99"),
+                 True)],
+}
+
+
+def _drop(stage: str, reason: str) -> Callable[[dict[str, Any]], float | None]:
+    def f(doc: dict[str, Any]) -> float:
+        return float(doc["drops"].get(stage, {}).get(reason, 0))
+
+    return f
+
+
+def metrics_for(runs: dict[str, list[dict[str, Any]]]) -> list[Metric]:
+    """The fixed metrics, then one row per drop stage and reason seen in any run
+    (after the all-stages total)."""
+    seen = sorted({(st, r) for ds in runs.values() for d in ds
+                   for st, rs in d["drops"].items() for r in rs})
+    rows = [(f"drops.{st}.{r}", f"  drops: {st} {r}", _drop(st, r), True) for st, r in seen]
+    at = next(i for i, m in enumerate(METRICS) if m[0] == "drops") + 1
+    workloads = {d.get("workload", "rx") for ds in runs.values() for d in ds}
+    first = [m for w in sorted(workloads) for m in WORKLOAD_METRICS.get(w, [])]
+    return first + METRICS[:at] + rows + METRICS[at:]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +172,15 @@ def role_cpu(docs: list[dict[str, Any]]) -> dict[str, Cell]:
 def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Per model and metric: median, min, max; ratios to the first model; claims."""
     models = list(runs)
+    metrics = metrics_for(runs)
     table: dict[str, dict[str, Cell]] = {}
     for m in models:
-        table[m] = {key: _cell([fn(d) for d in runs[m]]) for key, _, fn, _ in METRICS}
+        table[m] = {key: _cell([fn(d) for d in runs[m]]) for key, _, fn, _ in metrics}
     base = models[0]
     claims = []
-    for m in models[1:]:
-        for key, label, _, _lower in METRICS:
+    # one run has no spread to compare against: nothing is claimed from it
+    for m in (models[1:] if min(len(runs[m]) for m in models) >= 2 else []):
+        for key, label, _, _lower in metrics:
             a, b = table[m][key], table[base][key]
             if not a.median or not b.median:  # no figure, or a zero: no ratio to claim
                 continue
@@ -145,19 +198,22 @@ def summarize(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         "role_cpu_s": {m: {k: c.median for k, c in role_cpu(runs[m]).items()} for m in models},
         "claims": claims,
         "conservation_ok": all(d["conservation"]["ok"] for ds in runs.values() for d in ds),
+        "labels": {key: label.strip() for key, label, _, _ in metrics},
         "_cells": table,
+        "_metrics": metrics,
     }
 
 
 def format_table(summary: dict[str, Any], repeat: int) -> str:
     models = summary["models"]
     cells: dict[str, dict[str, Cell]] = summary["_cells"]
+    metrics: list[Metric] = summary["_metrics"]
     base = models[0]
-    w0 = max(len(label) for _, label, _, _ in METRICS) + 2
+    w0 = max(len(label) for _, label, _, _ in metrics) + 2
     texts: dict[str, dict[str, str]] = {}
     for m in models:
         texts[m] = {}
-        for key, _, _, _ in METRICS:
+        for key, _, _, _ in metrics:
             cell, b = cells[m][key], cells[base][key]
             txt = cell.fmt()
             if m != base and cell.median is not None and b.median:
@@ -167,7 +223,7 @@ def format_table(summary: dict[str, Any], repeat: int) -> str:
     head = "metric".ljust(w0) + "".join(m.rjust(c) for m, c in zip(models, cols))
     lines = [f"median of {repeat} interleaved runs ±half the range; (x) = ratio to {base}",
              head, "-" * len(head)]
-    for key, label, _, _ in METRICS:
+    for key, label, _, _ in metrics:
         lines.append(label.ljust(w0) + "".join(texts[m][key].rjust(c)
                                                for m, c in zip(models, cols)))
     roles = summary["role_cpu_s"]
@@ -182,6 +238,8 @@ def format_table(summary: dict[str, Any], repeat: int) -> str:
     if summary["claims"]:
         lines.append("Differences larger than the spread:")
         lines += [f"  {c}" for c in summary["claims"]]
+    elif repeat < 2:
+        lines.append("One run per model: no spread to judge by (nothing claimed).")
     else:
         lines.append("No difference larger than the spread (nothing claimed).")
     if not summary["conservation_ok"]:

@@ -75,3 +75,21 @@ def test_ctrl_c_stops_every_role_and_removes_every_segment():
     assert not [n for n in os.listdir("/dev/shm") if n.startswith(tag)]
     left = subprocess.run(["pgrep", "-g", str(proc.pid)], capture_output=True, text=True)
     assert not left.stdout.strip(), f"role processes left: {left.stdout}"
+
+
+def test_help_lists_every_command():
+    out = subprocess.run([sys.executable, "-m", "dispatch.cli", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0
+    for cmd in ("run", "compare", "sweep", "netstat", "top", "report", "pool"):
+        assert cmd in out.stdout
+
+
+def test_usage_errors_of_the_new_commands(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert main(["top", "--once"]) == 1  # nothing running: exit 1, said plainly
+    assert "no running experiment" in capsys.readouterr().err
+    assert main(["top", "--interval", "0"]) == 2
+    assert main(["netstat", "-m", "--watch", "--once"]) == 1
+    assert main(["report", str(tmp_path / "none.json")]) == 2
+    assert "no such file" in capsys.readouterr().err
