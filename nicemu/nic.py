@@ -144,6 +144,7 @@ class NicCounters:
     opackets: int = 0  # frames put on the wire (after TSO)
     obytes: int = 0
     oerrors: int = 0  # chains the NIC could not send (TSO asked but off, bad TSO request)
+    tx_chains: int = 0  # chains taken off the tx rings (sent, or counted in oerrors)
     rx_dma_bytes: int = 0  # copy 1: wire -> cluster
     tx_copy_bytes: int = 0  # the transmit copy: chain -> wire
     rx_ring_full: int = 0  # imissed because the ring was full
@@ -840,17 +841,23 @@ class Nic:
         return t
 
     # ------------------------------------------------------------------ transmit
-    def transmit(self, now_ns: int, max_frames: int = 1024) -> list[bytes | bytearray]:
+    def transmit(self, now_ns: int, max_frames: int = 1024, *,
+                 stamps: list[int] | None = None,
+                 stamp_slot: int = L.TS_USER) -> list[bytes | bytearray]:
         """Send what the drivers posted: copy each chain out to wire bytes, apply txcsum
         and TSO, complete the descriptors.  Returns the frames for the wire, in order.
 
         At most `max_frames` chains are taken per call (TSO may make more frames).
+        With `stamps`, one timestamp per returned frame is appended to it: the
+        chain's pkthdr timestamp `stamp_slot` (the host stamps the time its stack
+        sent the packet there), for the wire to carry beside the frame.
         """
         c = self.counters
         pool = self.pool
         w = pool.w
         cfg = self.config
         out: list[bytes | bytearray] = []
+        ts = pool.stamps64 if stamps is not None else None
         budget = max_frames
         for q, ring in enumerate(self.rings.tx):
             if budget <= 0:
@@ -881,15 +888,20 @@ class Nic:
                     c.tso_segments += len(segs)
                     out.extend(segs)
                     c.txq_packets[q] += len(segs)
+                    if ts is not None:
+                        stamps.extend([int(ts[m, L.Q_TS + stamp_slot])] * len(segs))
                     continue
                 if fl & off.TX_CSUM_FLAGS and cfg.txcsum:
                     csum_frames.append(data)
                     csum_flags.append(fl)
                 out.append(data)
                 c.txq_packets[q] += 1
+                if ts is not None:
+                    stamps.append(int(ts[m, L.Q_TS + stamp_slot]))
             if csum_frames:
                 c.tx_csum += off.tx_csum_frames(csum_frames, csum_flags)
             ring.complete(len(hs))
+            c.tx_chains += len(hs)
             budget -= len(hs)
         c.opackets += len(out)
         c.obytes += sum(len(f) for f in out)

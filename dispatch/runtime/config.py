@@ -19,10 +19,31 @@ from dispatch.runtime.placement import MODELS, ROLES
 
 SOURCES = ("internal", "trafgen")
 PROTOS = ("udp", "tcp")
+WORKLOADS = ("rx", "tx", "rr", "forward")
+TX_DISPATCH = ("direct", "deferred")
+TXQ_LIMIT_MAX = 16384
 
 
 class ConfigError(ValueError):
     """A bad option: the message names it and what is valid."""
+
+
+def parse_impair(text: str) -> Any:
+    """"loss=0.01,reorder=0.02" -> an ImpairConfig (names: reorder, loss, dup,
+    badsum, truncate; values are probabilities per frame)."""
+    from nicemu.trafgen.impair import IMPAIRMENTS, ImpairConfig
+
+    kw: dict[str, float] = {}
+    for part in text.split(","):
+        name, eq, val = part.strip().partition("=")
+        if not eq or name not in IMPAIRMENTS:
+            raise ValueError(f"give NAME=RATE[,NAME=RATE...] with NAME one of "
+                             f"{', '.join(IMPAIRMENTS)}; got {part.strip()!r}")
+        try:
+            kw[name] = float(val)
+        except ValueError:
+            raise ValueError(f"{name}: {val!r} is not a number") from None
+    return ImpairConfig(**kw)
 
 
 @dataclass(frozen=True)
@@ -57,6 +78,16 @@ class RunConfig:
     bindthreads: bool = False  # net.isr.bindthreads: netisr worker i on CPU i % ncpu
     ithread_prio: bool = False  # ithreads at higher priority (SCHED_FIFO, else nice -10)
     seed: int = 1
+    workload: str = "rx"  # rx: generator -> sockets; tx: users send; rr: request/response;
+    # forward: the host routes between its two ports
+    tx_dispatch: str = "direct"  # direct: the sender posts to the tx ring; deferred: a
+    # transmit thread drains a driver queue (iflib's mp_ring) and posts
+    txq_limit: int = 1024  # deferred tx: the driver queue's exact limit (packets)
+    rr: str = "64:64"  # rr: request and response payload bytes
+    msg_size: int = 1448  # tx: bytes per send() call (TCP) or datagram payload (UDP)
+    capture: str | None = None  # a folder: the generator writes what it receives as pcap
+    impair: str | None = None  # damage on the wire, e.g. "loss=0.01,reorder=0.02": on the
+    # generator's frames (rx, forward), on the host's (tx: what reaches the generator)
     netisr_delay_us: float = 0.0  # slow every netisr worker by this per packet (a teaching knob)
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(
         nmbufs=32768, nclusters=16384, njumbop=256, njumbo9=64, njumbo16=32))
@@ -69,6 +100,33 @@ class RunConfig:
             raise bad("model", self.model, f"one of {', '.join(MODELS)}")
         if self.policy not in POLICIES:
             raise bad("policy", self.policy, f"one of {', '.join(POLICIES)}")
+        if self.workload not in WORKLOADS:
+            raise bad("workload", self.workload, f"one of {', '.join(WORKLOADS)}")
+        if self.tx_dispatch not in TX_DISPATCH:
+            raise bad("tx-dispatch", self.tx_dispatch, f"one of {', '.join(TX_DISPATCH)}")
+        if self.workload != "rx" and self.source != "trafgen":
+            raise ConfigError(f"--workload {self.workload} needs --source trafgen: the "
+                              f"generator is the peer that answers, receives or routes")
+        if self.workload != "rx" and self.model == "toe":
+            raise ConfigError(f"--workload {self.workload} is not available with the toe "
+                              f"model (its NIC runs only the receive path); valid: rx")
+        if self.tx_dispatch == "deferred" and self.rxq + self.netisr + self.users > 32:
+            raise ConfigError("--tx-dispatch deferred: at most 32 host threads "
+                              "(rxq + netisr + users) may share the driver queue")
+        try:
+            from nicemu.trafgen.rr import parse_rr
+
+            parse_rr(self.rr)
+        except ValueError as e:
+            raise ConfigError(f"--rr {self.rr!r} is not valid: {e}") from None
+        if self.impair is not None:
+            try:
+                parse_impair(self.impair)
+            except ValueError as e:
+                raise ConfigError(f"--impair {self.impair!r} is not valid: {e}") from None
+            if self.workload == "rr" or self.source != "trafgen":
+                raise ConfigError("--impair needs --source trafgen and a workload of rx, tx "
+                                  "or forward")
         if self.source not in SOURCES:
             raise bad("source", self.source, f"one of {', '.join(SOURCES)}")
         if self.proto not in PROTOS:
@@ -77,7 +135,11 @@ class RunConfig:
                                  ("rxq", self.rxq, 1, 16), ("qlimit", self.qlimit, 1, QLIMIT_MAX),
                                  ("batch", self.batch, 1, 4096), ("quota", self.quota, 1, 65536),
                                  ("flows", self.flows, 1, 1 << 20),
-                                 ("ring-size", self.ring_size, 8, 65536)):
+                                 ("ring-size", self.ring_size, 8, 65536),
+                                 ("txq-limit", self.txq_limit, 1, TXQ_LIMIT_MAX),
+                                 ("irq-frames", self.irq_frames, 1, 65536),
+                                 ("irq-usecs", self.irq_usecs, 0, 1_000_000),
+                                 ("msg-size", self.msg_size, 1, 65000)):
             if not lo <= val <= hi:
                 raise bad(opt, val, f"an integer from {lo} to {hi}")
         import os
@@ -111,6 +173,17 @@ class RunConfig:
 
     def replace(self, **kw: Any) -> RunConfig:
         return dataclasses.replace(self, **kw)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RunConfig:
+        """The inverse of `as_dict` (how a role rebuilds its run's configuration)."""
+        c = dict(d)
+        rate = c.pop("rate")
+        c["pool"] = PoolConfig(**c["pool"])
+        c["cpus"] = tuple((r, tuple(v)) for r, v in c.get("cpus", {}).items())
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(rate=math.inf if rate == "max" else float(rate),
+                   **{k: v for k, v in c.items() if k in known})
 
     def as_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)

@@ -18,21 +18,26 @@ import time
 from typing import Any
 
 from dispatch.runtime.agent import Agent, role_factory
-from dispatch.runtime.config import RunConfig
+from dispatch.runtime.config import RunConfig, parse_impair
+from dispatch.runtime.transport import bind
 from dispatch.runtime.workload import HOST_MAC, PEER_MAC, flows
 
 MAX_HOLD_NS = 100_000
+WIRE_BUDGET = 256  # frames the NIC takes off its wire per turn, at most
+FULL_RING_WAIT_S = 0.0001  # at max rate, the NIC's pause when every rx ring is full
 DOORBELL_FALLBACK_US = 2000.0  # re-arm polling only as a backstop to the doorbell
 
 
 def _run_config(plan: dict[str, Any]) -> RunConfig:
-    c = dict(plan["config"])
-    rate = c.pop("rate")
-    from dispatch.mbuf import PoolConfig
+    return RunConfig.from_dict(plan["config"])
 
-    c["pool"] = PoolConfig(**c["pool"])
-    c["cpus"] = tuple((r, tuple(v)) for r, v in c.get("cpus", {}).items())
-    return RunConfig(rate=float("inf") if rate == "max" else float(rate), **c)
+
+def make_tcp_sink(cfg: RunConfig) -> Any:
+    """The generator's TCP receiver for the tx workload (a real one: it ACKs and
+    advertises a window; see nicemu.trafgen.tcpsink)."""
+    from nicemu.trafgen.tcpsink import SinkConfig, TcpSink
+
+    return TcpSink(SinkConfig(isn_seed=cfg.seed))
 
 
 @role_factory("trafgen")
@@ -68,16 +73,49 @@ class TrafgenRole:
             from nicemu.trafgen.dist import Rate
 
             rate: Any = "max" if cfg.rate == float("inf") else Rate(cfg.rate, "pps")
-            self.gen = Generator(GeneratorConfig(
+            self.gen = None if cfg.workload in ("tx", "rr") else Generator(GeneratorConfig(
                 proto=cfg.proto, rate=rate, count=cfg.count, duration_s=cfg.duration,
                 size=cfg.size, flows=FlowSpec(explicit=explicit), seed=cfg.seed,
-                tcp=TcpConfig(handshake="await"), wire_stamps=True))
+                tcp=TcpConfig(handshake="await"), wire_stamps=True,
+                **({"impair": parse_impair(cfg.impair)} if cfg.impair else {})))
+        self.rr = None
+        if cfg.workload == "rr":
+            from nicemu.trafgen.rr import RequestResponse, RRConfig, parse_rr
+
+            req, resp = parse_rr(cfg.rr)
+            self.rr = RequestResponse(RRConfig(
+                proto=cfg.proto, request=req, response=resp,
+                flows=FlowSpec(explicit=explicit), count=cfg.count, duration_s=cfg.duration,
+                tcp=TcpConfig(handshake="await"), seed=cfg.seed))
+        # the receiving ends are bound now, at plan time, so that the NIC's wires
+        # are connected before the first frame comes back
+        from nicemu.wire import WireRx
+
+        self.rx_ports = [WireRx(self.reply_ep, bind=True)]
+        if cfg.workload == "forward":
+            self.rx_ports.append(WireRx(plan["reply1_endpoint"], bind=True))
+        self.tcp_sink = None
+        if cfg.workload == "tx" and cfg.proto == "tcp":
+            self.tcp_sink = make_tcp_sink(cfg)
 
     def run(self, agent: Agent) -> None:
-        from nicemu.wire import WireRx, WireTx
+        from nicemu.trafgen.sink import FrameSink
+        from nicemu.wire import WireTx
 
-        tx = WireTx(self.wire_ep)
-        reply = WireRx(self.reply_ep, bind=True)
+        cfg = self.cfg
+        tx = self.wire_tx = WireTx(self.wire_ep)
+        self.sink = FrameSink()
+        ports = _PortsRx(self.rx_ports[0], self.sink, cfg.capture)
+        if cfg.workload == "forward":  # what the host routes out of its second port
+            # latency from the generator's own stamp in the payload (its send time) to
+            # the arrival stamp the wire carries (the host NIC's transmit time)
+            ports.add_port(self.rx_ports[1], sink=True, arrival_stamps=True)
+        elif cfg.workload == "tx":  # everything the host sends comes back on port 0
+            ports.sink_port0 = True
+            if cfg.impair:  # the wire from the host to the generator damages frames
+                from nicemu.trafgen.impair import Impairer
+
+                ports.impairer = Impairer(parse_impair(cfg.impair), seed=cfg.seed)
         stopped = False
 
         def stop() -> bool:
@@ -86,25 +124,195 @@ class TrafgenRole:
             return stopped
 
         try:
-            src = self.replayer or self.gen
-            assert src is not None
-            stats = src.run(tx, reply=reply, stop=stop)
+            if cfg.workload == "tx":
+                self.receive_only(agent, tx, ports)
+                return
+            if cfg.workload == "rr":
+                stats = self.rr.run(tx, ports, stop=stop)  # type: ignore[arg-type]
+                tx.flush()
+                offered = int(tx.stats().frames)  # requests, and TCP's SYN, ACKs, FIN
+            else:
+                src = self.replayer or self.gen
+                assert src is not None
+                stats = src.run(tx, reply=ports, stop=stop)  # type: ignore[arg-type]
+                offered = int(stats.frames)
             confirmed = tx.close(confirm=True, timeout_ms=10000)
-            self.report = {"offered": int(stats.frames), "confirmed": bool(confirmed),
+            self.report = {"offered": offered, "confirmed": bool(confirmed),
                            **{k: v for k, v in stats.to_dict().items()
                               if isinstance(v, (int, float, str, bool))}}
             agent.send({"type": "source_done", "role": agent.name, "data": self.report})
             while not stopped:  # keep reading what the host sends back until told
-                reply.recv_batch(timeout_ms=20)
+                ports.recv_batch(timeout_ms=20)
                 stopped = agent.poll_control()
+            ports.drain()
         finally:
-            reply.close()
+            ports.close()
+            self.rx_ports = []
+
+    def receive_only(self, agent: Agent, tx: Any, ports: _PortsRx) -> None:
+        """tx: the generator is the receiver; it answers TCP (ACKs) until drained."""
+        import time as _t
+
+        tcp = self.tcp_sink
+        while True:
+            got = ports.recv_all(timeout_ms=5 if tcp is not None else 20)
+            if tcp is not None:
+                now = _t.monotonic_ns()
+                out: list[bytes] = []
+                for fr, st in got:
+                    out.extend(tcp.on_frame(bytes(fr), now, st))
+                out.extend(tcp.poll(now))  # delayed ACKs, window updates, our FIN again
+                if out:
+                    tx.send_batch(out)
+            if agent.poll_control():
+                last = ports.drain()
+                if tcp is not None and last:
+                    now = _t.monotonic_ns()
+                    for fr in last:
+                        tcp.on_frame(bytes(fr), now, None)
+                self.wire_impairments = ports.impairments()
+                tx.close(confirm=False)
+                return
 
     def snapshot(self) -> dict[str, Any]:
-        return {"role": {"offered": self.report.get("offered", 0)}}
+        wire = getattr(self, "wire_tx", None)
+        snap: dict[str, Any] = {"role": {"offered": self.report.get("offered", 0),
+                                         "wire_sent": wire.stats().frames if wire else 0}}
+        if self.rr is not None:
+            snap["rr"] = {k: v for k, v in self.report.items() if not isinstance(v, list)}
+        sink = getattr(self, "sink", None)
+        if sink is not None:
+            snap["sink"] = sink.stats()
+            snap["sink_flows"] = sink.flow_table()
+        if self.tcp_sink is not None:
+            snap["tcp_sink"] = self.tcp_sink.stats()
+        if getattr(self, "wire_impairments", None):
+            snap["wire_impairments"] = self.wire_impairments
+        return snap
 
     def close(self) -> None:
-        pass
+        for rx in self.rx_ports:  # planned but never run
+            rx.close()
+        self.rx_ports = []
+
+
+class _PortsRx:
+    """The generator's receiving ports as one `recv_batch` for the Generator and the
+    request/response driver: port 0's frames are returned to them (replies, ACKs),
+    while frames on sink ports (the forwarding port; port 0 too in tx) go to the
+    `FrameSink`, optionally written to a pcap per port."""
+
+    def __init__(self, port0: Any, sink: Any, capture_dir: str | None) -> None:
+        self.ports = [port0]
+        self.impairer: Any = None  # damages port 0's frames before anyone sees them
+        self.held: list[Any] = []  # frames the impairer let through on a drain
+        self.sinking = [False]
+        self.arrival = [False]
+        self.sink = sink
+        self.capture_dir = capture_dir
+        self.pcaps: list[Any] = []
+        self._open_pcap(0)
+
+    @property
+    def sink_port0(self) -> bool:
+        return self.sinking[0]
+
+    @sink_port0.setter
+    def sink_port0(self, on: bool) -> None:
+        self.sinking[0] = on
+
+    def _open_pcap(self, i: int) -> None:
+        if self.capture_dir:
+            import os
+
+            from nicemu.pcap import PcapWriter
+
+            os.makedirs(self.capture_dir, exist_ok=True)
+            self.pcaps.append(PcapWriter(os.path.join(self.capture_dir,
+                                                      f"trafgen-port{i}.pcap")))
+
+    def add_port(self, rx: Any, *, sink: bool, arrival_stamps: bool = False) -> None:
+        """Another port to read; `arrival_stamps`: the wire's stamps are arrival
+        times (latency = arrival - payload stamp), not the sender's."""
+        self.ports.append(rx)
+        self.sinking.append(sink)
+        self.arrival.append(arrival_stamps)
+        self._open_pcap(len(self.ports) - 1)
+
+    def _take(self, i: int, timeout_ms: int) -> tuple[list[Any], Any] | None:
+        got = self.ports[i].recv_batch(timeout_ms)
+        if i == 0 and self.impairer is not None:
+            # the stamps no longer line up with lost, duplicated or reordered frames
+            frames = self.impairer.apply([bytes(f) for f in got[0]]) if got else []
+            frames += self.held
+            self.held = []
+            got = (frames, None) if frames else None
+        if got is None:
+            return None
+        now = time.monotonic_ns()
+        frames, stamps = got
+        if self.pcaps:
+            for fr in frames:
+                self.pcaps[i].write(bytes(fr), timestamp_ns=time.time_ns())
+        if self.sinking[i]:
+            st = list(stamps) if stamps is not None else None
+            if self.arrival[i]:
+                self.sink.on_frames(frames, now, None, arrivals=st)
+            else:
+                self.sink.on_frames(frames, now, st)
+        return got
+
+    def recv_batch(self, timeout_ms: int | None = None) -> Any:
+        """Port 0's next batch (as WireRx.recv_batch), after sinking what waits on the
+        other ports."""
+        for i in range(1, len(self.ports)):
+            while self._take(i, 0) is not None:
+                pass
+        if self.sinking[0]:
+            self.recv_all(timeout_ms or 0)
+            return None
+        return self._take(0, timeout_ms or 0)
+
+    def recv_all(self, timeout_ms: int = 0) -> list[tuple[Any, int | None]]:
+        """Everything waiting on every port (port 0 may wait `timeout_ms`), sunk;
+        returns port 0's (frame, stamp) pairs."""
+        out: list[tuple[Any, int | None]] = []
+        wait = timeout_ms
+        while True:
+            got = self._take(0, wait)
+            wait = 0
+            if got is None:
+                break
+            frames, stamps = got
+            out.extend(zip(frames, stamps if stamps is not None else [None] * len(frames)))
+        for i in range(1, len(self.ports)):
+            while self._take(i, 0) is not None:
+                pass
+        return out
+
+    def drain(self) -> list[Any]:
+        """Read what is still queued on every port (end of a run); frames an impairer
+        held back for reordering come out last. Returns port 0's last frames."""
+        out: list[Any] = []
+        for i in range(len(self.ports)):
+            while (got := self._take(i, 0)) is not None:
+                if i == 0:
+                    out.extend(got[0])
+        if self.impairer is not None:
+            self.held = self.impairer.flush()
+            got = self._take(0, 0)
+            if got is not None:
+                out.extend(got[0])
+        return out
+
+    def impairments(self) -> dict[str, int]:
+        return dict(self.impairer.counts) if self.impairer is not None else {}
+
+    def close(self) -> None:
+        for p in self.ports:
+            p.close()
+        for w in self.pcaps:
+            w.close()
 
 
 @role_factory("nic")
@@ -134,7 +342,7 @@ class NicRole:
         # then looks at the control blocks at once instead of polling them
         self.doorbell = zmq.Context.instance().socket(zmq.PULL)
         self.doorbell.setsockopt(zmq.LINGER, 0)
-        self.doorbell.bind(plan["doorbell_endpoint"])
+        bind(self.doorbell, plan["doorbell_endpoint"])
         self.zctx = zmq.Context.instance()
         from dispatch.runtime.roles import push_socket
 
@@ -153,7 +361,20 @@ class NicRole:
             from nicemu.wire import WireRx, WireTx
 
             self.wire = WireRx(plan["wire_endpoint"], bind=True)
-            self.reply = WireTx(plan["reply_endpoint"])
+            self.reply = WireTx(plan["reply_endpoint"], sockopts={zmq.RECONNECT_IVL: 10})
+        # forward: the second port, with its own rings; what it transmits goes to the
+        # generator's second port (it receives nothing: the traffic is one-way)
+        self.ports = [self.nic]
+        self.port_wires: list[Any] = [self.reply]
+        for i, name in enumerate(plan.get("ports", [])[1:], start=1):
+            from nicemu.wire import WireTx
+
+            self.ports.append(Nic(self.pool, NicConfig(
+                rx_queues=1, tx_queues=int(plan["tx_queues"]), ring_size=cfg.ring_size,
+                tx_ring_size=cfg.ring_size, rxcsum=cfg.rxcsum, txcsum=cfg.txcsum,
+                tso=cfg.tso, lro=False), rings_name=name))
+            self.port_wires.append(WireTx(plan[f"reply{i}_endpoint"],
+                                          sockopts={zmq.RECONNECT_IVL: 10}))
         self.offered = 0
         self.done_sent = False
 
@@ -198,11 +419,17 @@ class NicRole:
                 pass  # an interrupt is already pending for that ithread
 
     def _transmit(self, now: int) -> None:
-        if not self.nic.tx_pending():
-            return
-        frames = self.nic.transmit(now)
-        if frames and self.reply is not None:
-            self.reply.send_batch(frames)
+        """Every port: send what the drivers posted. Port 0's frames carry their
+        sender's stamp (the time the host's stack handed them to the driver path);
+        the forwarding port's carry the transmit time, as the generator's hardware
+        timestamp of their arrival (the wire between them has no length)."""
+        for port, (nic, wire) in enumerate(zip(self.ports, self.port_wires)):
+            if not nic.tx_pending():
+                continue
+            stamps: list[int] = []
+            frames = nic.transmit(now, stamps=stamps if port == 0 else None)
+            if frames and wire is not None:
+                wire.send_batch(frames, stamps if port == 0 else [now] * len(frames))
         if self.toe_ctx is not None:
             self.toe_tx.reclaim_completed()
 
@@ -212,7 +439,8 @@ class NicRole:
         At a set rate the internal source offers frames as they fall due (in
         batches of at most `batch`), sleeping in between, so that the NIC role
         does not spin a core the host's roles need; at `max` it offers a batch
-        every turn, like a line at full speed.
+        every turn, or what the rx rings have room for, pausing while they are
+        all full: a line as fast as the host takes frames (no ring_full drops).
         """
         import zmq
 
@@ -236,6 +464,7 @@ class NicRole:
         while True:
             now = time.monotonic_ns()
             did = False
+            ring_full = False
             next_due: int | None = None
             if producing:
                 src = self.src
@@ -253,6 +482,16 @@ class NicRole:
                     if n == 0:
                         next_due = min(t0 + int((src.offered + cfg.batch) * 1e9 / rate),
                                        first_due + MAX_HOLD_NS)
+                else:
+                    # at max rate the line is as fast as the host takes frames (as the
+                    # bare pipeline's source is bounded by its pool): offer what the
+                    # rx rings have room for, and pause (FULL_RING_WAIT_S) while
+                    # they are all full, instead of spinning a core on frames that would
+                    # all be missed (on 2 cores that spin starved the host roles)
+                    room = min(r.space() for r in nic.rings.rx)
+                    if room < n:
+                        n = room
+                        ring_full = room == 0
                 if n:
                     self._interrupt(src.produce(now, n))
                     did = True
@@ -263,16 +502,18 @@ class NicRole:
                     self.offered = src.offered
                     self._source_done()
             elif self.wire is not None:
-                got = self.wire.recv_batch(timeout_ms=0)
-                if got is not None:
+                # everything the wire holds, up to a budget: a paced generator sends
+                # small batches, and one per turn would let the wire queue grow
+                taken = 0
+                while taken < WIRE_BUDGET:
+                    got = self.wire.recv_batch(timeout_ms=0)
+                    if got is None:
+                        break
                     frames, stamps = got
                     self._interrupt(nic.receive(frames, now, stamps))
+                    taken += len(frames)
                     did = True
-            while True:  # doorbells since the last turn: one check covers them all
-                try:
-                    self.doorbell.recv(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
+            self._drain_doorbells()
             self._interrupt(nic.poll_timers(now))
             self._transmit(now)
             turns += 1
@@ -284,6 +525,8 @@ class NicRole:
                 wait_ns = (min(wake) - time.monotonic_ns()) if wake else 5_000_000
                 if producing and not paced:
                     wait_ns = 0
+                    if ring_full:  # let the host's roles run (as the bare source does)
+                        time.sleep(FULL_RING_WAIT_S)
                 if wait_ns >= 1_000_000:
                     poller.poll(min(wait_ns // 1_000_000, 5))
                 elif wait_ns > 0:
@@ -291,8 +534,19 @@ class NicRole:
             if agent.poll_control():
                 if agent.draining:
                     self._transmit(time.monotonic_ns())
-                    nic.release_posted()
+                    for port in self.ports:
+                        port.release_posted()
                 return
+
+    def _drain_doorbells(self) -> None:
+        """Doorbells since the last turn: one check covers them all."""
+        import zmq
+
+        while True:
+            try:
+                self.doorbell.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                break
 
     def _source_done(self) -> None:
         if not self.done_sent:
@@ -314,6 +568,12 @@ class NicRole:
         snap["counters"]["nic.lro_coalesced"] = c.lro_queued
         snap["counters"]["copies.dma_bytes"] = c.rx_dma_bytes
         snap["counters"]["copies.tx_wire_bytes"] = c.tx_copy_bytes
+        for i, port in enumerate(self.ports[1:], start=1):
+            pc = port.counters
+            for k, v in pc.as_dict().items():
+                if isinstance(v, int):
+                    snap["counters"][f"nic{i}.{k}"] = v
+            snap["counters"]["copies.tx_wire_bytes"] += pc.tx_copy_bytes
         if self.toe_ctx is not None:
             s = self.toe_ctx.stats.snapshot()
             for k, v in s["counters"].items():
@@ -335,5 +595,8 @@ class NicRole:
         if self.toe_ctx is not None:
             self.toe_tx.close()
             self.sockets.close()
-        self.nic.close()
+        for wire in self.port_wires[1:]:
+            wire.close(confirm=False)
+        for port in self.ports:
+            port.close()
         self.pool.close()

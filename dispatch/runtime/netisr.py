@@ -215,6 +215,17 @@ class NetisrTable:
     def in_flight(self) -> int:
         return sum(self.qlen(ws) for ws in range(self.nws))
 
+    # ------------------------------------------- a counted queue with no limit
+    # The same table also counts handoffs that never drop (the socket wakeups to
+    # user threads): the producer counts what it sends, the consumer what it
+    # takes, so a drain can wait until nothing is left in the pipe between them.
+    def count_enqueue(self, p: int, ws: int, n: int) -> None:
+        self.q[self._p0 + (p * MAX_WS + ws) * P_WORDS + P_ENQ] += n
+
+    def count_dequeue(self, ws: int, n: int) -> None:
+        self.q[self._ws0 + ws * WS_WORDS + WS_DEQ] += n
+        self.q[self._ws0 + ws * WS_WORDS + WS_HANDLED] += n
+
 
 def choose_workstream(policy: str, *, flowid: int, source: int, cpu: int, workers: int) -> int:
     """FreeBSD's placement policies (NETISR_POLICY_SOURCE / FLOW / CPU)."""

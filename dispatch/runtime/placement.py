@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from dispatch.stages import base as S
 
-ROLES = ("nic", "ithread", "netisr", "user", "trafgen")
+ROLES = ("nic", "ithread", "netisr", "user", "txthread", "trafgen")
 NETISR_STAGES = frozenset({S.IP_INPUT, S.IP6_INPUT, S.ICMP_INPUT, S.UDP_INPUT, S.TCP_INPUT,
                            S.IP_FORWARD})
 OUTPUT_STAGES = frozenset(S.OUTPUT_STAGES) - {S.SOSEND}

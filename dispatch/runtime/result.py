@@ -9,7 +9,9 @@ conservation check, which every run must pass:
 
     offered = delivered + dropped + absorbed + forwarded (+ LRO-coalesced)
 
-with nothing in flight (rings, netisr queues, sockets) and the pool whole.
+with nothing in flight (rings, netisr queues, sockets) and the pool whole,
+and its transmit half (`egress`): what the host sent reached the far end or
+was dropped with a reason.
 """
 
 from __future__ import annotations
@@ -88,9 +90,13 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
     pool = controller.pool
     netisr = controller.netisr
     assert pool is not None and netisr is not None
+    from dispatch.runtime.egress import build_egress, split_drops
+
     offered = int(source_report.get("offered", 0))
+    if cfg.workload == "tx":  # the generator only answers (ACKs): what it put on the wire
+        offered = int(snapshots.get("trafgen0", {}).get("role", {}).get("wire_sent", 0))
     delivered = counters.get("socket.rcv_packets", 0)
-    dropped = sum(sum(r.values()) for r in drops.values())
+    dropped, _out_dropped = split_drops(drops)
     absorbed = sum(v for k, v in counters.items() if k.startswith("absorbed."))
     # packets that leave the host again: forwarded, or turned into an ICMP echo reply
     forwarded = sum(counters.get(k, 0) for k in ("ip.ips_forward", "ip6.ip6s_forward",
@@ -104,8 +110,9 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
     audit = pool.audit()
     pool_whole = audit.whole
     nothing_in_flight = in_flight["netisr"] == 0 and in_flight["rings"] == 0
-    ok = offered == accounted and nothing_in_flight and pool_whole
-    missing: list[str] = []
+    egress, egress_missing = build_egress(cfg, counters, drops, snapshots)
+    ok = offered == accounted and nothing_in_flight and pool_whole and not egress_missing
+    missing: list[str] = list(egress_missing)
     if offered != accounted:
         missing.append(f"offered {offered} != delivered {delivered} + dropped {dropped} + "
                        f"absorbed {absorbed} + forwarded {forwarded} + coalesced {coalesced} "
@@ -116,6 +123,9 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
     if not pool_whole:
         missing.append(f"pool not whole: in use {audit.in_use}, problems {list(audit.problems)}")
     elapsed = max(1e-9, (t1 - t0) / 1e9)
+    from dispatch.runtime.egress import figures
+
+    egress["figures"] = figures(cfg, egress, source_report, elapsed, counters)
     roles: dict[str, Any] = {}
     for name, snap in snapshots.items():
         roles[name] = {**resources.get(name, {}), **snap.get("role", {})}
@@ -150,6 +160,8 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
         "counters": counters,
         "source": source_report,
         "sockets": socks,
+        "workload": cfg.workload,
+        "egress": egress,
         "conservation": {"ok": ok, "offered": offered, "accounted": accounted,
                          "in_flight": in_flight, "pool_whole": pool_whole,
                          "missing": missing},

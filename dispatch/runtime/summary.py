@@ -22,6 +22,7 @@ def format_summary(doc: dict[str, Any]) -> str:
     for k, v in doc["latency_us"].items():
         if k != "e2e" and v.get("count"):
             lines.append(f"  latency {k:<15s}{_lat(v)}")
+    lines += _egress_lines(doc)
     if doc["drops"]:
         lines.append("  drops: " + ", ".join(
             f"{s}.{r}={n}" for s, rs in sorted(doc["drops"].items()) for r, n in sorted(rs.items())))
@@ -40,3 +41,24 @@ def format_summary(doc: dict[str, Any]) -> str:
     else:
         lines.append("  CONSERVATION FAILED: " + "; ".join(c["missing"]))
     return "\n".join(lines)
+
+
+def _egress_lines(doc: dict[str, Any]) -> list[str]:
+    """What the generator measured for the tx, rr and forward workloads."""
+    wl = doc.get("workload", "rx")
+    e = doc.get("egress", {})
+    f = e.get("figures", {})
+    if wl == "rr" and f:
+        r = f["rtt_us"]
+        return [f"  rr: {f['transactions']} transactions, {f['tps']:.0f}/s, RTT p50 "
+                f"{r['p50']:.1f}  p90 {r['p90']:.1f}  p99 {r['p99']:.1f}  max {r['max']:.1f} us"
+                f" ({f['timeouts']} timeouts)"]
+    if wl in ("tx", "forward") and f:
+        what = "forwarded" if wl == "forward" else "sent"
+        out = [f"  {what}: generator received {e.get('received_by_generator', 0)} frames = "
+               f"{f['received_pps'] / 1e3:.1f} kpps, {f['goodput_bps'] / 1e6:.1f} Mbit/s",
+               f"  latency {'to generator':<15s}{_lat(f.get('latency_us', {}))}"]
+        if "tcp_goodput_bps" in f:
+            out.append(f"  tcp goodput {f['tcp_goodput_bps'] / 1e6:.1f} Mbit/s")
+        return out
+    return []
