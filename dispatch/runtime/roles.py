@@ -220,9 +220,9 @@ class HostRole:
             return
         self.post(hs)
 
-    def post(self, hs: list[int]) -> list[int]:
+    def post(self, hs: list[int]) -> None:
         """Post to the tx ring of each packet's port (ether_output leaves the
-        interface index in W_AUX); drop what a full ring refuses. Returns []."""
+        interface index in W_AUX); drop what a full ring refuses."""
         self.reclaim_tx()
         if len(self.txs) == 1:
             idle = not self.tx.pending()
@@ -231,7 +231,7 @@ class HostRole:
                 self.ctx.drop_many(hs[k:], TX_DROPS.txring_full)
             if idle and k:
                 self.ring_doorbell()
-            return []
+            return
         w = self.pool.w
         by_port: dict[int, list[int]] = defaultdict(list)
         for m in hs:
@@ -244,7 +244,6 @@ class HostRole:
                 self.ctx.drop_many(g[k:], TX_DROPS.txring_full)
         if ring:
             self.ring_doorbell()
-        return []
 
     def ring_doorbell(self) -> None:
         """Tell the NIC to look at its rings now (it may be asleep until its timer)."""
