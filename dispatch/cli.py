@@ -161,6 +161,9 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="tx: bytes per send (TCP) or per datagram (UDP)")
     p.add_argument("--no-txcsum", action="store_true", help="turn tx checksum offload off")
     p.add_argument("--tso", action="store_true", help="turn TCP segmentation offload on")
+    p.add_argument("--trafgens", type=int, default=1, metavar="G",
+                   help="generators driving the host (rx, forward): each sends its share "
+                        "of the flows and the rate")
     p.add_argument("--irq-frames", type=int, default=32, metavar="N",
                    help="interrupt moderation: interrupt after N packets (ethtool rx-frames)")
     p.add_argument("--irq-usecs", type=int, default=50, metavar="US",
@@ -212,6 +215,7 @@ def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
         workload=args.workload, tx_dispatch=args.tx_dispatch, txq_limit=args.txq_limit,
         rr=args.rr, msg_size=args.msg_size, txcsum=not args.no_txcsum, tso=args.tso,
         capture=args.capture, impair=args.impair, irq_frames=args.irq_frames,
+        trafgens=args.trafgens,
         irq_usecs=args.irq_usecs,
         proto=args.proto, rate=args.rate, duration=duration, count=args.count, size=args.size,
         flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,

@@ -128,7 +128,7 @@ def test_a_generator_in_another_namespace_drives_the_host_over_curve(
         hosts: Hosts, tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     write_keys(keys)  # the deployment's keys, copied to both hosts
-    base = random.randrange(20000, 50000)
+    base = random.randrange(10000, 32000)  # below the ephemeral port range
     gen = _generator(hosts, keys, base)
     try:
         host = _host_run(hosts, keys, base, tmp_path / "run.json")
@@ -152,7 +152,7 @@ def test_a_generator_with_a_wrong_key_is_refused_counted_and_logged(
     write_keys(intruder)
     shutil.copy(keys / "server.key", intruder / "server.key")
     (intruder / "server.key_secret").unlink()
-    base = random.randrange(20000, 50000)
+    base = random.randrange(10000, 32000)  # below the ephemeral port range
     gen = _in(hosts.gen, [sys.executable, "-m", "dispatch.cli", "agent", "--role", "trafgen",
                           "--index", "0", "--controller", f"tcp://{HOST_IP}:{base}",
                           "--sessions", "1"], _env(intruder, base))

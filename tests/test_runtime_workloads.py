@@ -220,3 +220,30 @@ def test_cli_runs_a_workload_and_refuses_a_bad_one(tmp_path):
     r = subprocess.run([sys.executable, "-m", "dispatch.cli", "run", "--workload", "tx",
                         "--impair", "lose=0.1"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "loss" in r.stderr
+
+
+@pytest.mark.parametrize("workload,proto", [("rx", "tcp"), ("forward", "udp")])
+def test_several_generators_share_the_load_and_get_their_own_replies(workload, proto):
+    # two generators, each with half the flows, rate and count; what the host sends
+    # back (TCP handshakes, forwarded frames) must reach the generator of its flow
+    doc = run_sync(cfg(workload=workload, proto=proto, trafgens=2, count=1000, rate=4000.0))
+    ok(doc)
+    per = doc["source"]["per_source"]
+    assert len(per) == 2 and all(p["offered"] > 0 for p in per)
+    assert {n for n in doc["roles"] if n.startswith("trafgen")} == {"trafgen0", "trafgen1"}
+    if workload == "rx":  # every handshake completed at its own generator
+        assert doc["delivered"] == 1000
+        assert sum(p["handshakes"] for p in per) == 4
+    else:
+        g = doc["egress"]["generator"]
+        assert g["generators"] == 2 and g["frames"] == 1000
+        assert g["latency_us"]["count"] == 1000
+
+
+def test_several_generators_need_a_generator_workload():
+    with pytest.raises(ConfigError, match="--trafgens 2 needs --source trafgen"):
+        RunConfig(trafgens=2).validate()
+    with pytest.raises(ConfigError, match="tx and rr use one generator"):
+        RunConfig(trafgens=2, source="trafgen", workload="rr").validate()
+    with pytest.raises(ConfigError, match="fewer than --trafgens"):
+        RunConfig(trafgens=3, source="trafgen", flows=2).validate()

@@ -30,10 +30,18 @@ from dispatch.runtime.transport import Keys, TransportConfig, TransportError
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def free_base(span: int = 200) -> int:
-    """A port base whose first ports are free now (the layout uses up to base+163)."""
+def free_base(span: int = 260) -> int:
+    """A port base whose first ports are free now (the layout uses up to base+235),
+    below the kernel's ephemeral range: a client connection made during the test
+    could otherwise take one of the layout's ports before its binder does."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            ephemeral_low = int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        ephemeral_low = 32768
+    top = max(ephemeral_low, 20000 + 2 * span) - span
     for _ in range(50):
-        base = random.randrange(20000, 60000 - span)
+        base = random.randrange(10000, top)
         try:
             for off in (0, 1, 2, 3, 4, 5, 6, 10, 30, 100):
                 with socket.socket() as s:
@@ -72,7 +80,8 @@ def test_tcp_endpoints_follow_the_port_layout() -> None:
     assert mk("ctl", kind="tcp", host="::1", port_base=6000) == "tcp://[::1]:6000"
     names = ["ctl", "heartbeat", "wire", "reply", "doorbell", "reply1", "txq"] + \
         [f"irq{i}" for i in range(16)] + [f"netisr{i}" for i in range(64)] + \
-        [f"user{i}" for i in range(64)]
+        [f"user{i}" for i in range(64)] + [f"reply-g{g}" for g in range(1, 16)] + \
+        [f"reply1-g{g}" for g in range(1, 16)]
     offsets = [T.port_offset(n) for n in names]
     assert len(set(offsets)) == len(offsets), "two endpoints share a port"
 
@@ -82,6 +91,7 @@ def test_binders() -> None:
     assert T.binder_of("netisr5") == "netisr5"
     assert T.binder_of("wire") == T.binder_of("doorbell") == "nic0"
     assert T.binder_of("reply") == "trafgen0"
+    assert T.binder_of("reply-g3") == T.binder_of("reply1-g3") == "trafgen3"
     assert T.binder_of("ctl") == "controller"
 
 
@@ -248,10 +258,10 @@ def test_a_plain_client_is_refused_by_a_curve_server(keys: Path) -> None:
 
 # ------------------------------------------------------------- attached roles
 def _agent(base: int, keys: Path, role: str = "trafgen", sessions: int = 1,
-           health: Path | None = None) -> subprocess.Popen:
+           health: Path | None = None, index: int = 0) -> subprocess.Popen:
     env = {**os.environ, "DISPATCH_TRANSPORT": "tcp", "DISPATCH_PORT_BASE": str(base),
            "DISPATCH_KEYS": str(keys), "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "dispatch.cli", "agent", "--role", role, "--index", "0",
+    cmd = [sys.executable, "-m", "dispatch.cli", "agent", "--role", role, "--index", str(index),
            "--controller", f"tcp://127.0.0.1:{base}", "--sessions", str(sessions)]
     if health is not None:
         cmd += ["--health-file", str(health)]
@@ -402,3 +412,32 @@ def test_an_attached_role_outlives_a_controller_that_dies_mid_run(keys: Path) ->
     assert "the controller stopped answering" in out, out
     assert "released by the controller" in out, out
     assert doc["conservation"]["ok"] and doc["delivered"] == 1000
+
+
+def test_two_attached_generators_drive_one_host(keys: Path) -> None:
+    """Scaling out: two generators (as on two other hosts) attach over tcp with CURVE;
+    each offers its share, and each gets the replies of its own TCP flows."""
+    from dispatch.runtime.config import RunConfig
+    from dispatch.runtime.controller import Controller, _asyncio_run
+
+    base = free_base()
+    agents = [_agent(base, keys, index=g) for g in (0, 1)]
+    cfg = RunConfig(model="direct", source="trafgen", proto="tcp", rate=4000, duration=None,
+                    count=1000, trafgens=2)
+    tc = TransportConfig(kind="tcp", port_base=base, keys=Keys.from_dir(keys))
+
+    async def go() -> dict:
+        async with Controller(cfg, transport=tc, attach=frozenset({"trafgen"})) as ctl:
+            return await ctl.run()
+
+    try:
+        doc = _asyncio_run(go())
+        for a in agents:
+            a.wait(timeout=20)
+    finally:
+        outs = [_stop(a) for a in agents]
+    assert all(a.returncode == 0 for a in agents), outs
+    assert doc["conservation"]["ok"], doc["conservation"]
+    assert doc["delivered"] == 1000
+    per = doc["source"]["per_source"]
+    assert [p["handshakes"] for p in per] == [2, 2]

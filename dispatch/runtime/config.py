@@ -86,6 +86,7 @@ class RunConfig:
     rr: str = "64:64"  # rr: request and response payload bytes
     msg_size: int = 1448  # tx: bytes per send() call (TCP) or datagram payload (UDP)
     capture: str | None = None  # a folder: the generator writes what it receives as pcap
+    trafgens: int = 1  # generators driving the host, each with its share of flows and rate
     impair: str | None = None  # damage on the wire, e.g. "loss=0.01,reorder=0.02": on the
     # generator's frames (rx, forward), on the host's (tx: what reaches the generator)
     netisr_delay_us: float = 0.0  # slow every netisr worker by this per packet (a teaching knob)
@@ -119,6 +120,18 @@ class RunConfig:
             parse_rr(self.rr)
         except ValueError as e:
             raise ConfigError(f"--rr {self.rr!r} is not valid: {e}") from None
+        if self.trafgens > 1:
+            if self.source != "trafgen" or self.workload not in ("rx", "forward"):
+                raise ConfigError(f"--trafgens {self.trafgens} needs --source trafgen and a "
+                                  f"workload of rx or forward (tx and rr use one generator)")
+            if self.replay is not None:
+                raise ConfigError("--trafgens > 1 cannot replay one capture: give --trafgens 1")
+            if self.count is not None and self.count < self.trafgens:
+                raise ConfigError(f"--count {self.count} is fewer than --trafgens "
+                                  f"{self.trafgens}: each generator needs a packet")
+            if self.flows < self.trafgens:
+                raise ConfigError(f"--flows {self.flows} is fewer than --trafgens "
+                                  f"{self.trafgens}: each generator needs a flow")
         if self.impair is not None:
             try:
                 parse_impair(self.impair)
@@ -138,6 +151,7 @@ class RunConfig:
                                  ("ring-size", self.ring_size, 8, 65536),
                                  ("txq-limit", self.txq_limit, 1, TXQ_LIMIT_MAX),
                                  ("irq-frames", self.irq_frames, 1, 65536),
+                                 ("trafgens", self.trafgens, 1, 16),
                                  ("irq-usecs", self.irq_usecs, 0, 1_000_000),
                                  ("msg-size", self.msg_size, 1, 65000)):
             if not lo <= val <= hi:

@@ -132,7 +132,7 @@ class Controller:
         if c.tx_dispatch == "deferred":
             roles.append(("txthread", 0))
         if c.source == "trafgen":
-            roles.append(("trafgen", 0))
+            roles += [("trafgen", g) for g in range(c.trafgens)]
         return roles
 
     async def open(self) -> None:
@@ -353,12 +353,18 @@ class Controller:
             "netisr_endpoints": [s.endpoint(f"netisr{i}") for i in range(cfg.netisr)],
             "user_endpoints": [s.endpoint(f"user{i}") for i in range(cfg.users)],
             "irq_endpoints": [s.endpoint(f"irq{i}") for i in range(cfg.rxq)],
-            "wire_endpoint": s.endpoint("wire"), "reply_endpoint": s.endpoint("reply"),
+            "wire_endpoint": s.endpoint("wire"),
+            # each generator's receiving ends (port 0, and port 1 for forwarding); the
+            # NIC gets all of them and sends each frame to the generator of its flow
+            "reply_endpoint": s.endpoint(_gen_ep("reply", idx if role == "trafgen" else 0)),
+            "reply1_endpoint": s.endpoint(_gen_ep("reply1", idx if role == "trafgen" else 0)),
+            "reply_endpoints": [s.endpoint(_gen_ep("reply", g)) for g in range(cfg.trafgens)],
+            "reply1_endpoints": [s.endpoint(_gen_ep("reply1", g))
+                                 for g in range(cfg.trafgens)],
             "doorbell_endpoint": s.endpoint("doorbell"),
             "tx_queue": self.tx_queue_of(role, idx), "tx_queues": self.tx_queues(),
             "config": cfg.as_dict(),
             "workload": cfg.workload, "tx_dispatch": cfg.tx_dispatch, "ports": self.ports(cfg),
-            "reply1_endpoint": s.endpoint("reply1"),
             "txq": f"{s.run_id}.txq", "txq_endpoint": s.endpoint("txq"),
             "uq": f"{s.run_id}.uq",
         }
@@ -370,7 +376,7 @@ class Controller:
         cfg = (cfg or self.cfg).validate()
         s = self.session
         assert s is not None and self.pool is not None and self.netisr is not None
-        for k in ("workload", "tx_dispatch", "source", "rxq", "netisr", "users"):
+        for k in ("workload", "tx_dispatch", "source", "rxq", "netisr", "users", "trafgens"):
             if getattr(cfg, k) != getattr(self.cfg, k):
                 raise RunFailed(f"--{k.replace('_', '-')} {getattr(cfg, k)} differs from this "
                                 f"controller's ({getattr(self.cfg, k)}): it sets which roles "
@@ -413,8 +419,9 @@ class Controller:
         t0 = time.monotonic_ns()
         for name in start_order:
             await self.send(name, {"type": "start", "t0": t0})
-        sources = users if cfg.workload == "tx" else \
-            ["trafgen0" if cfg.source == "trafgen" else "nic0"]
+        gens = [n for n in s.roles if s.roles[n][0] == "trafgen"]
+        sources = users if cfg.workload == "tx" else (gens if cfg.source == "trafgen"
+                                                      else ["nic0"])
         limit = (cfg.duration or 0) + self.timeout_s if cfg.duration else self.timeout_s * 4
         self.peak_in_use = 0
         sampler = asyncio.create_task(self._sample_pool(cfg))
@@ -508,17 +515,26 @@ class Controller:
             await asyncio.sleep(0.02)
 
 
+def _gen_ep(name: str, g: int) -> str:
+    """Generator g's endpoint `name` (reply, reply1): g 0 keeps the plain names."""
+    return name if g == 0 else f"{name}-g{g}"
+
+
 def _merge_source_reports(msgs: list[dict[str, Any]]) -> dict[str, Any]:
-    """One source report from several sources (the user threads in tx): numbers add."""
+    """One source report from several sources (the user threads in tx, several
+    generators): counts and rates add; every source's own report is kept too."""
     if len(msgs) == 1:
         return msgs[0]
     data: dict[str, Any] = {}
     for m in msgs:
         for k, v in m.get("data", {}).items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
+            if k in ("ratio", "elapsed_s"):  # not additive
+                data[k] = max(data.get(k, 0), v or 0) if k == "elapsed_s" else None
+            elif isinstance(v, (int, float)) and not isinstance(v, bool):
                 data[k] = data.get(k, 0) + v
             else:
                 data.setdefault(k, v)
+    data["per_source"] = [m.get("data", {}) for m in msgs]
     return {"type": "source_done", "data": data}
 
 

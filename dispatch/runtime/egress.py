@@ -63,7 +63,8 @@ def build_egress(cfg: Any, counters: dict[str, int], drops: dict[str, dict[str, 
                        f"{chains} + dropped at the handoff {if_drops} "
                        f"({to_driver - chains - if_drops:+d} unaccounted)")
     gen = snapshots.get("trafgen0", {})
-    sink = gen.get("sink")
+    sink = merge_sinks([s["sink"] for n, s in sorted(snapshots.items())
+                        if n.startswith("trafgen") and "sink" in s])
     section: dict[str, Any] = {
         "to_driver": to_driver, "transmitted_chains": chains, "nic_oerrors": oerrors,
         "frames_on_wire": on_wire, "driver_drops": if_drops, "output_drops": out_drops,
@@ -140,6 +141,31 @@ def figures(cfg: Any, egress: dict[str, Any], source: dict[str, Any],
         out["rtt_us"] = {k: round(float(source.get(f"rtt_{k}_ns", 0)) / 1000.0, 3)
                          for k in ("p50", "p90", "p99", "p999", "max")}
         out["timeouts"] = int(source.get("timeouts", 0))
+    return out
+
+
+def merge_sinks(sinks: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What several generators received, as one: counts add, TTLs merge, and the
+    latency percentiles come from their merged histograms."""
+    if not sinks:
+        return None
+    if len(sinks) == 1:
+        return {k: v for k, v in sinks[0].items() if k != "hist"}
+    from dispatch.runtime.result import decode_into, new_histogram, summarize
+
+    out: dict[str, Any] = {k: 0 for k in ("frames", "bytes", "other", "bad_ip_csum",
+                                           "stamped", "flows")}
+    ttl: dict[str, int] = {}
+    h = new_histogram()
+    for s in sinks:
+        for k in out:
+            out[k] += s.get(k, 0)
+        for t, n in s.get("ttl", {}).items():
+            ttl[t] = ttl.get(t, 0) + n
+        decode_into(h, s.get("hist", ""))
+    out["ttl"] = dict(sorted(ttl.items()))
+    out["latency_us"] = summarize(h)
+    out["generators"] = len(sinks)
     return out
 
 

@@ -20,7 +20,7 @@ from typing import Any
 from dispatch.runtime.agent import Agent, role_factory
 from dispatch.runtime.config import RunConfig, parse_impair
 from dispatch.runtime.transport import bind
-from dispatch.runtime.workload import HOST_MAC, PEER_MAC, flows
+from dispatch.runtime.workload import HOST_MAC, PEER_MAC, flows, generator_of
 
 MAX_HOLD_NS = 100_000
 WIRE_BUDGET = 256  # frames the NIC takes off its wire per turn, at most
@@ -57,8 +57,14 @@ class TrafgenRole:
         self.report: dict[str, Any] = {}
         self.wire_ep = plan["wire_endpoint"]
         self.reply_ep = plan["reply_endpoint"]
+        # generator g of G drives flows g, g + G, ... at 1/G of the rate and count
+        g, ngen = int(plan["index"]), cfg.trafgens
         explicit = tuple(Flow(ip_bytes(f.src), ip_bytes(f.dst), f.sport, f.dport,
-                              mac_bytes(PEER_MAC), mac_bytes(HOST_MAC)) for f in flows(cfg))
+                              mac_bytes(PEER_MAC), mac_bytes(HOST_MAC))
+                         for k, f in enumerate(flows(cfg)) if generator_of(k, cfg) == g)
+        if ngen > 1:
+            count = None if cfg.count is None else cfg.count // ngen + (g < cfg.count % ngen)
+            cfg = cfg.replace(rate=cfg.rate / ngen, count=count, seed=cfg.seed + g)
         self.replayer = None
         if cfg.replay:
             from nicemu.trafgen.dist import Rate
@@ -351,32 +357,62 @@ class NicRole:
         if self.toe:
             self._setup_toe(plan)
         self.src = None
-        self.wire = self.reply = None
+        self.wire = None
         if cfg.source == "internal":
             from dispatch.runtime.workload import template_frames
             from nicemu.internal import InternalSource
 
             self.src = InternalSource(self.nic, template_frames(cfg), batch=cfg.batch)
         else:
-            from nicemu.wire import WireRx, WireTx
+            from nicemu.wire import WireRx
 
             self.wire = WireRx(plan["wire_endpoint"], bind=True)
-            self.reply = WireTx(plan["reply_endpoint"], sockopts={zmq.RECONNECT_IVL: 10})
-        # forward: the second port, with its own rings; what it transmits goes to the
-        # generator's second port (it receives nothing: the traffic is one-way)
+        # each port's wires back to the generators, one per generator: a frame goes
+        # to the generator of its flow (by the peer address; unknown ones to the first)
         self.ports = [self.nic]
-        self.port_wires: list[Any] = [self.reply]
-        for i, name in enumerate(plan.get("ports", [])[1:], start=1):
-            from nicemu.wire import WireTx
+        self.port_wires: list[list[Any]] = [self._gen_wires(plan, "reply_endpoints")]
+        from dispatch.runtime.workload import generator_by_peer
 
+        self.gen_of = generator_by_peer(cfg) if cfg.trafgens > 1 else {}
+        # forward: the second port, with its own rings; what it transmits goes to the
+        # generators' second ports (it receives nothing: the traffic is one-way)
+        for name in plan.get("ports", [])[1:]:
             self.ports.append(Nic(self.pool, NicConfig(
                 rx_queues=1, tx_queues=int(plan["tx_queues"]), ring_size=cfg.ring_size,
                 tx_ring_size=cfg.ring_size, rxcsum=cfg.rxcsum, txcsum=cfg.txcsum,
                 tso=cfg.tso, lro=False), rings_name=name))
-            self.port_wires.append(WireTx(plan[f"reply{i}_endpoint"],
-                                          sockopts={zmq.RECONNECT_IVL: 10}))
+            self.port_wires.append(self._gen_wires(plan, "reply1_endpoints"))
         self.offered = 0
         self.done_sent = False
+
+    def _gen_wires(self, plan: dict[str, Any], key: str) -> list[Any]:
+        import zmq
+
+        from nicemu.wire import WireTx
+
+        if self.wire is None:  # the internal source: nobody on the other side
+            return []
+        return [WireTx(ep, sockopts={zmq.RECONNECT_IVL: 10}) for ep in plan[key]]
+
+    def _send_back(self, wires: list[Any], frames: list[Any], stamps: list[int],
+                   peer_off: int) -> None:
+        """Send frames to their generators: with several, by the peer's IPv4 address
+        at `peer_off` in the frame (destination on port 0, source on port 1)."""
+        if not wires:
+            return
+        if len(wires) == 1:
+            wires[0].send_batch(frames, stamps)
+            return
+        per: dict[int, tuple[list[Any], list[int]]] = {}
+        gen_of = self.gen_of
+        for f, t in zip(frames, stamps):
+            g = gen_of.get(bytes(f[peer_off:peer_off + 4]), 0) \
+                if f[12:14] == b"\x08\x00" else 0
+            fs, ts = per.setdefault(g, ([], []))
+            fs.append(f)
+            ts.append(t)
+        for g, (fs, ts) in per.items():
+            wires[g].send_batch(fs, ts)
 
     def _setup_toe(self, plan: dict[str, Any]) -> None:
         from dispatch.runtime.roles import _runner, _stack_config
@@ -428,8 +464,9 @@ class NicRole:
                 continue
             stamps: list[int] = []
             frames = nic.transmit(now, stamps=stamps if port == 0 else None)
-            if frames and wire is not None:
-                wire.send_batch(frames, stamps if port == 0 else [now] * len(frames))
+            if frames:
+                self._send_back(wire, frames, stamps if port == 0 else [now] * len(frames),
+                                30 if port == 0 else 26)
         if self.toe_ctx is not None:
             self.toe_tx.reclaim_completed()
 
@@ -590,13 +627,12 @@ class NicRole:
         self.doorbell.close(linger=0)
         if self.wire is not None:
             self.wire.close()
-        if self.reply is not None:
-            self.reply.close(confirm=False)
         if self.toe_ctx is not None:
             self.toe_tx.close()
             self.sockets.close()
-        for wire in self.port_wires[1:]:
-            wire.close(confirm=False)
+        for wires in self.port_wires:
+            for w in wires:
+                w.close(confirm=False)
         for port in self.ports:
             port.close()
         self.pool.close()

@@ -64,7 +64,9 @@ class TransportError(ValueError):
 # ------------------------------------------------------------------ the port layout
 _FIXED = {"ctl": 0, "heartbeat": 1, "wire": 2, "reply": 3, "doorbell": 4, "reply1": 5,
           "txq": 6}
-_INDEXED = {"irq": (10, 16), "netisr": (30, 64), "user": (100, 64)}
+_INDEXED = {"irq": (10, 16), "netisr": (30, 64), "user": (100, 64),
+            # generator g > 0: its port-0 and port-1 receiving ends (g 0 has reply, reply1)
+            "reply-g": (200, 16), "reply1-g": (220, 16)}
 
 
 def port_offset(what: str) -> int:
@@ -76,7 +78,7 @@ def port_offset(what: str) -> int:
         if what.startswith(prefix) and rest.isdigit() and int(rest) < count:
             return first + int(rest)
     raise TransportError(f"no endpoint named {what!r}: valid are {', '.join(_FIXED)}, "
-                         "irq0-15, netisr0-63, user0-63")
+                         "irq0-15, netisr0-63, user0-63, reply-g1-15, reply1-g1-15")
 
 
 def binder_of(what: str) -> str:
@@ -88,6 +90,8 @@ def binder_of(what: str) -> str:
         return "nic0"
     if what in ("reply", "reply1"):
         return "trafgen0"
+    if what.startswith(("reply-g", "reply1-g")):
+        return "trafgen" + what.rsplit("g", 1)[1]
     if what == "txq":
         return "txthread0"
     if what.startswith("irq"):

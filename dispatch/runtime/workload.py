@@ -59,6 +59,19 @@ def flows(cfg: RunConfig) -> list[Flow]:
     return out
 
 
+def generator_of(k: int, cfg: RunConfig) -> int:
+    """Which generator drives flow k (round robin over --trafgens)."""
+    return k % cfg.trafgens
+
+
+def generator_by_peer(cfg: RunConfig) -> dict[bytes, int]:
+    """Peer address (as packed bytes) -> the generator behind it, for routing what
+    the host sends back to the generator that owns the flow."""
+    from dispatch.packet.ipv4 import ip_bytes
+
+    return {ip_bytes(f.src): generator_of(k, cfg) for k, f in enumerate(flows(cfg))}
+
+
 def open_sockets(table: Any, cfg: RunConfig) -> None:
     """Start from an empty table, then bind (UDP) or listen (TCP) on every flow's
     host port; auto-sockets mode opens none (they appear as traffic arrives)."""

@@ -121,6 +121,7 @@ class FrameSink:
             lat[name] = round(h.get_value_at_percentile(p) / 1000.0, 3) if n else None
         lat["max"] = round(h.get_max_value() / 1000.0, 3) if n else None
         return {
+            "hist": h.encode().decode() if n else "",  # to merge several generators' figures
             "frames": self.frames, "bytes": self.bytes, "other": self.other,
             "bad_ip_csum": self.bad_ip_csum, "stamped": self.stamped,
             "ttl": {str(k): v for k, v in sorted(self.ttls.items())},
