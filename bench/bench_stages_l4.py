@@ -21,6 +21,7 @@ Run: ``python bench/bench_stages_l4.py [--runs 5] [--packets 8192]``.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import statistics
 import struct
@@ -151,6 +152,7 @@ def main() -> None:
         conn = Tcp(ctx)
         udp_frames = [udp_packet(1024 + k) for k in range(64)]
         n = args.packets
+        gc.freeze()  # as the roles do: no full collection over the modules' objects mid-run
 
         def free(r: object) -> None:
             """Untimed: the user reads what was delivered (keeping the socket buffer's
@@ -192,10 +194,13 @@ def main() -> None:
                                                         after_tcp))))
         # the whole input path, if the link and network stages are there
         try:
-            from dispatch.stages import ether, ip  # noqa: F401
+            # every stage module, the fused paths included (registered on import),
+            # as a role process has them
+            import dispatch.stages.all  # noqa: F401
+            ok = True
         except ImportError:
-            ether = None  # type: ignore[assignment]
-        if ether is not None:
+            ok = False
+        if ok:
             reg = registry()
             local = {k: reg[k] for k in ("ether_input", "ip_input", "ip6_input", "udp_input",
                                          "tcp_input", "soreceive") if k in reg}

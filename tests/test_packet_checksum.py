@@ -269,3 +269,12 @@ def test_ttl_decrement(
 def test_ttl_underflow() -> None:
     with pytest.raises(ValueError):
         incr_update_ttl(0x1234, 0, 6)
+
+
+def test_pseudo_header_all_ones_address_is_negative_zero_not_zero() -> None:
+    """0.0.0.0 -> 255.255.255.255, protocol 0, length 0 sums to 0xFFFF (RFC 1071's
+    end-around carry), which a `% 0xFFFF` per address once turned into 0."""
+    ph = b"\0" * 4 + b"\xff" * 4 + b"\0\0\0\0"
+    assert pseudo_header_sum_v4(b"\0" * 4, b"\xff" * 4, 0, 0) == naive_ones_sum(ph) == 0xFFFF
+    ph6 = b"\0" * 16 + b"\xff" * 16 + b"\0" * 8
+    assert pseudo_header_sum_v6(b"\0" * 16, b"\xff" * 16, 0, 0) == naive_ones_sum(ph6)

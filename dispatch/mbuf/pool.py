@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import kernels as _k
 from . import layout as L
 from .segment import (
     LOCK_OWNERS,
@@ -60,10 +61,7 @@ REF_LOCK_BASE = 8  # lock bytes 9..12 guard shared-cluster refcounts per zone
 
 
 _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
-_FREE_SMALL = 3  # freem_batch frees batches up to this size one by one (measured cheaper)
-_INUSE16 = bytes(array("H", [L.ST_INUSE] * _BATCH_MAX))
-_ZERO32 = bytes(4 * _BATCH_MAX)
-_ONE32 = bytes(array("I", [1] * _BATCH_MAX))
+_HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what freem_fast is compiled for
 
 
 def _align(n: int, a: int) -> int:
@@ -264,8 +262,10 @@ class MbufPool:
         # numpy arrays (a batch of handles moves in or out as one slice, with no
         # conversion to or from a Python list); filled from and flushed to the
         # global stacks a bucket at a time, like the list caches of get/free
-        self._bc = [np.empty(c + _BATCH_MAX, dtype=np.intp) for c in self._cmax]
-        self._bn = [0] * L.NZONES
+        # (one row per zone, fill levels in _bn: the compiled batch kernels take both whole)
+        self._bc = np.empty((L.NZONES, max(self._cmax) + _BATCH_MAX), dtype=np.intp)
+        self._bn = np.zeros(L.NZONES, dtype=np.int64)
+        self._cmax_np = np.array(self._cmax, dtype=np.int64)
         self._denied = [0] * L.NZONES
         self.slot = self._claim_slot(owner)
         self.owner_name = owner
@@ -601,6 +601,16 @@ class MbufPool:
         z = L.zone_for_size(size)
         if not z:
             raise PoolError(f"cluster size {size} too large: zones are {L.CLUSTER_SIZES}")
+        if 0 < n <= _BATCH_MAX:  # the compiled path, once the caches hold n of each
+            out = np.empty(n, dtype=np.intp)
+            args = (self._mh, self._meta64, self._bc, self._bn, z, n, self._t_rx,
+                    self._meta_inuse1, out)
+            if _k.getcl_take(*args):
+                return out
+            self._fill_batch(0, n)
+            self._fill_batch(z, n)
+            if _k.getcl_take(*args):
+                return out
         m_arr = self._take_many(0, n)
         c_arr = self._take_many(z, n)
         k = min(len(m_arr), len(c_arr))
@@ -658,46 +668,43 @@ class MbufPool:
                     heads: np.ndarray | None = None) -> None:
         """Free a batch of packets.
 
-        The common case, each packet one mbuf on a cluster of one zone that
-        nobody shares, is done with a handful of vector operations; anything
-        else (chains, shared clusters, mixed zones) falls back to freem.
-        `heads` (optional) is the batch's header rows as the caller has just read
-        them (``headers[handles]``, at least the 8 m_hdr words), saving a gather.
+        The common case, each packet one mbuf, all without clusters or all on
+        unshared clusters of one zone, is one compiled pass (kernels.freem_fast);
+        anything else (chains, shared clusters, mixed zones, a double free that
+        freem reports) goes packet by packet through freem. `heads` (the batch's
+        header rows as a caller has just read them) is accepted for callers that
+        have them; the compiled pass reads the headers itself.
         """
-        if len(handles) <= _FREE_SMALL:  # the vector path's fixed cost does not pay
-            for m in handles:
-                self.freem(int(m))
+        n = len(handles)
+        if not n:
             return
-        arr = np.asarray(handles).astype(np.intp, copy=False)
-        n = len(arr)
-        if n > _BATCH_MAX:
-            for m in arr.tolist():
-                self.freem(m)
-            return
-        # m_hdr words of the whole batch: one gather
-        # (take of whole rows: measured 3x cheaper here than a fancy index with a slice)
-        hd = (self._mh.take(arr, 0) if heads is None else heads)[:, : L.W_EXT + 1]
-        if (hd.view(np.uint16)[:, 2 * L.W_OWNER + 1].tobytes() != _INUSE16[: 2 * n]
-                or hd[:, L.W_NEXT].tobytes() != _ZERO32[: 4 * n]):
-            for m in arr.tolist():  # chains, or a double free that freem reports
-                self.freem(m)
-            return
-        ext = hd[:, L.W_EXT]
-        if ext.tobytes() == _ZERO32[: 4 * n]:  # plain mbufs, no clusters
-            self._own_col[arr] = self.cached_tag
-            self._give_many(0, arr)
-            return
-        ext = ext.astype(np.intp)
-        zb = self._cl_zone_np[ext].tobytes()
-        z = zb[0]
-        if z == 0 or zb != bytes((z,)) * n or self._ref_col[ext].tobytes() != _ONE32[: 4 * n]:
-            for m in arr.tolist():
-                self.free(m)
-            return
-        self._meta64[ext] = self._meta_cached
-        self._own_col[arr] = self.cached_tag
-        self._give_many(z, ext)
-        self._give_many(0, arr)
+        arr = handles
+        if (not isinstance(arr, np.ndarray) or arr.dtype not in _HANDLE_DTYPES
+                or not arr.flags.c_contiguous):
+            arr = np.array(handles, dtype=np.intp)
+        if n <= _BATCH_MAX:
+            r = _k.freem_fast(self._mh, self._meta64, self._cl_zone_np, arr, self._bc,
+                              self._bn, self._cmax_np, self.cached_tag, self._meta_cached)
+            if r >= 0:
+                z = 0
+                while r:
+                    if r & 1:
+                        self._flush_over(z)
+                    r >>= 1
+                    z += 1
+                return
+        for m in arr.tolist():
+            self.freem(m)
+
+    def _flush_over(self, z: int) -> None:
+        """Flush buckets of our zone-z batch cache while it holds more than its maximum."""
+        bc = self._bc[z]
+        bn = int(self._bn[z])
+        b = self._bucket[z]
+        while bn > self._cmax[z]:
+            self._flush_arr(z, bc[bn - b : bn])
+            bn -= b
+        self._bn[z] = bn
 
     def _give_many(self, z: int, hs: np.ndarray) -> None:
         """Put freed handles (already tagged cached) into our batch cache; flush
@@ -711,12 +718,8 @@ class MbufPool:
             self._flush_arr(z, hs)
             return
         bc[bn : bn + k] = hs
-        bn += k
-        b = self._bucket[z]
-        while bn > self._cmax[z]:
-            self._flush_arr(z, bc[bn - b : bn])
-            bn -= b
-        self._bn[z] = bn
+        self._bn[z] = bn + k
+        self._flush_over(z)
 
     def adopt(self, handles: Sequence[int] | np.ndarray) -> None:
         """Take ownership of received packets (retag their head mbufs as ours)."""

@@ -88,7 +88,9 @@ def in_cksum(data: BytesLike, initial: int = 0) -> int:
 
 def pseudo_header_sum_v4(src: bytes, dst: bytes, proto: int, length: int) -> int:
     """Ones sum of the IPv4 pseudo-header (RFC 793/768): src, dst, zero, proto, length."""
-    s = int.from_bytes(src, "big") % _M + int.from_bytes(dst, "big") % _M + proto + length
+    # fold, not `% 0xFFFF`, per address: an all-ones address sums to 0xFFFF (ones-complement
+    # "negative zero"), which `%` would turn into 0 (found by hypothesis: 0.0.0.0 -> 255.255.255.255)
+    s = fold(int.from_bytes(src, "big")) + fold(int.from_bytes(dst, "big")) + proto + length
     return fold(s)
 
 
@@ -98,7 +100,7 @@ def pseudo_header_sum_v6(src: bytes, dst: bytes, next_header: int, length: int) 
     ``next_header`` is the upper-layer protocol (not an extension header) and
     ``length`` the upper-layer packet length.
     """
-    s = int.from_bytes(src, "big") % _M + int.from_bytes(dst, "big") % _M
+    s = fold(int.from_bytes(src, "big")) + fold(int.from_bytes(dst, "big"))
     s += (length >> 16) + (length & _M) + next_header
     return fold(s)
 

@@ -78,6 +78,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from dispatch.mbuf.segment import (
     PAGE,
     SUPER,
@@ -285,6 +287,12 @@ class SocketTable:
         self._wgen = -1
         self._raw_cache: dict[int, dict[bytes, int]] = {}  # lookup_raw_batch's, by pf
         self._raw_gen = -1
+        #: numpy views of the same words (over the backing itself, not the memoryviews
+        #: above, which close() releases), for the compiled lookups (stages/kernels.py)
+        self.np_w = np.frombuffer(backing, np.uint32, self.capacity * REC_WORDS, self.rec_off)
+        self.np_q = np.frombuffer(backing, np.uint64, self.capacity * REC_SLOTS, self.rec_off)
+        self.np_buckets = np.frombuffer(backing, np.uint32, self.nbuckets, BUCKETS_OFF)
+        self.np_mask = np.uint64(self._mask)
         self._closed = False
 
     # ------------------------------------------------------------ lifetime
@@ -326,6 +334,7 @@ class SocketTable:
             return
         self._closed = True
         forget(self)
+        del self.np_w, self.np_q, self.np_buckets
         for v in (self.hq, self._buckets, self.w, self.q):
             v.release()
         self.buf.release()

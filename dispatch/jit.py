@@ -1,0 +1,78 @@
+"""Compiled batch kernels: numba's ``njit`` with this project's settings.
+
+Why it exists: on this kind of machine a numpy call costs 0.5-2 us whatever
+its size, so a batch of 32 packets pushed through a dozen whole-batch numpy
+calls spends more in call overhead than in work (docs/BENCHMARKS.md measured
+that floor for the pool's batch operations and the fused input path). A
+kernel is a plain Python function over numpy arrays -- views of the shared
+segments, so it reads and writes the pool in place -- compiled once to
+machine code by numba (LLVM) and called once per batch: about half a
+microsecond per call, then a few nanoseconds per packet.
+
+Kernels are declared with explicit signatures, so they are compiled (or
+loaded from numba's on-disk cache) when their module is imported, not at a
+first call in the middle of a run: a role process pays the load at start-up
+(about 0.3 s for numba's own initialisation, a few ms per kernel), and a
+type mismatch is a TypeError at the call, never a silent recompilation.
+
+The cache lives beside the sources (``__pycache__``) when that is writable,
+as with an editable install; otherwise (a read-only site-packages, such as a
+container's) in ``$NUMBA_CACHE_DIR`` if set, else a per-user folder under
+the temporary directory. The compose image warms it at build time.
+
+Every kernel is an exact transcription of a Python path that stays in the
+code for the unusual cases; the tests hold the two to identical results.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _choose_cache_dir() -> None:
+    if os.environ.get("NUMBA_CACHE_DIR"):
+        return
+    here = Path(__file__).resolve().parent
+    if os.access(here, os.W_OK):
+        return  # numba writes __pycache__ beside each module
+    os.environ["NUMBA_CACHE_DIR"] = str(
+        Path(tempfile.gettempdir()) / f"dispatch-emu-numba-{os.getuid()}")
+
+
+_choose_cache_dir()
+
+import numba  # noqa: E402  (after the cache directory is chosen: numba reads it at import)
+from numba import types  # noqa: E402
+
+__all__ = ["kernel", "types", "u8_1d", "u16_1d", "u32_1d", "u32_2d", "u64_1d", "u64_2d",
+           "i64_1d", "intp_1d"]
+
+#: array types of the kernels' signatures (C-contiguous, writable)
+u8_1d = types.uint8[::1]
+u16_1d = types.uint16[::1]
+u32_1d = types.uint32[::1]
+u32_2d = types.uint32[:, ::1]
+u64_1d = types.uint64[::1]
+u64_2d = types.uint64[:, ::1]
+i64_1d = types.int64[::1]
+intp_1d = types.intp[::1]
+
+
+def kernel(*signatures: Any) -> Callable[[_F], _F]:
+    """Compile a function for the given signatures, eagerly, with the on-disk cache.
+
+    No bounds checks (the callers pass handles and offsets that the pool and
+    the stages have already validated, as the Python paths index without
+    checks through memoryviews) and no GIL needed while it runs."""
+
+    def wrap(fn: _F) -> _F:
+        return numba.njit(list(signatures), cache=True, nogil=True,  # type: ignore[no-any-return]
+                          boundscheck=False, error_model="numpy")(fn)
+
+    return wrap

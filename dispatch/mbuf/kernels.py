@@ -1,0 +1,109 @@
+"""Compiled kernels for the pool's batch operations (m_getcl and m_freem by the batch).
+
+Why it exists: an rx ring refill (the NIC) and a socket's copyout (a user
+thread) allocate and free a batch of buffers per handoff. Done with numpy,
+each costs about a dozen whole-batch calls at 0.5-2 us apiece on this
+machine (docs/BENCHMARKS.md), which is 0.3-0.6 us per buffer at batch 32:
+the floor that kept cross-process allocate/free near 1.5 M/s. Here each is
+one call into machine code that walks the batch once.
+
+The kernels only move handles between a process's batch caches (one row per
+zone of ``MbufPool._bc``, with their fill levels in ``_bn``) and the mbuf
+headers and cluster metadata in the shared segment; refills from and
+flushes to the segment's global stacks (under the zone lock, a bucket at a
+time) stay in Python. A kernel that meets anything outside its common case
+changes nothing and says so, and the caller takes the general path.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dispatch.jit import i64_1d, intp_1d, kernel, types, u8_1d, u32_1d, u32_2d, u64_1d
+
+from . import layout as L
+
+_W_NEXT = L.W_NEXT
+_W_OWNER = L.W_OWNER
+_W_EXT = L.W_EXT
+_ST_SHIFT = L.STATE_SHIFT
+_ST_INUSE = L.ST_INUSE
+_LOW32 = np.uint64(0xFFFFFFFF)
+_bc_t = types.intp[:, ::1]
+
+
+@kernel(types.int64(u32_2d, u64_1d, _bc_t, i64_1d, types.int64, types.int64, u32_1d,
+                    types.uint64, intp_1d))
+def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out):  # type: ignore[no-untyped-def]
+    """Take n mbufs and n zone-z clusters from the batch caches, write each mbuf's
+    header from the rx template (a packet-header mbuf on its cluster) and each
+    cluster's (refcount 1, our in-use tag): m_getcl for a whole batch, handles into
+    `out`. Returns n, or 0 (nothing taken) when a cache holds fewer than n."""
+    b0 = bn[0]
+    bz = bn[z]
+    if b0 < n or bz < n:
+        return 0
+    nw = t_rx.shape[0]
+    for j in range(n):
+        m = bc[0, b0 - n + j]
+        c = bc[z, bz - n + j]
+        for k in range(nw):
+            mh[m, k] = t_rx[k]
+        mh[m, _W_EXT] = c
+        meta64[c] = meta_inuse1
+        out[j] = m
+    bn[0] = b0 - n
+    bn[z] = bz - n
+    return n
+
+
+def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: ignore[no-untyped-def]
+                meta_cached):
+    n = hs.shape[0]
+    z = 0
+    for j in range(n):
+        m = hs[j]
+        if (mh[m, _W_OWNER] >> _ST_SHIFT) != _ST_INUSE or mh[m, _W_NEXT] != 0:
+            return -1
+        e = mh[m, _W_EXT]
+        zz = 0
+        if e != 0:
+            zz = cl_zone[e]
+            if (meta64[e] & _LOW32) != 1:
+                return -1
+        if j == 0:
+            z = zz
+        elif zz != z:
+            return -1
+    width = bc.shape[1]
+    b0 = bn[0]
+    bz = bn[z]
+    if b0 + n > width or (z != 0 and bz + n > width):
+        return -1
+    for j in range(n):
+        m = hs[j]
+        mh[m, _W_OWNER] = cached_tag
+        bc[0, b0 + j] = m
+        if z != 0:
+            e = mh[m, _W_EXT]
+            meta64[e] = meta_cached
+            bc[z, bz + j] = e
+    bn[0] = b0 + n
+    flush = 0
+    if b0 + n > cmax[0]:
+        flush |= 1
+    if z != 0:
+        bn[z] = bz + n
+        if bz + n > cmax[z]:
+            flush |= 1 << z
+    return flush
+
+
+freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, _bc_t, i64_1d, i64_1d, types.uint32,
+                                  types.uint64) for h in (intp_1d, u32_1d)))(_freem_fast)
+freem_fast.__doc__ = """Free a batch of one-mbuf packets into the batch caches: every head in
+use and unchained, either all without clusters or all on unshared clusters
+(refcount 1) of one zone. Retags mbufs and clusters as cached by us and
+pushes them on the caches. Returns -1 (nothing changed) outside that case,
+else a bit mask of the zones whose cache now holds more than its maximum
+(the caller flushes a bucket of each to the global stack)."""
