@@ -16,9 +16,11 @@ first call in the middle of a run: a role process pays the load at start-up
 type mismatch is a TypeError at the call, never a silent recompilation.
 
 The cache lives beside the sources (``__pycache__``) when that is writable,
-as with an editable install; otherwise (a read-only site-packages, such as a
-container's) in ``$NUMBA_CACHE_DIR`` if set, else a per-user folder under
-the temporary directory. The compose image warms it at build time.
+as with an editable install; otherwise in ``$NUMBA_CACHE_DIR`` if set, else a
+per-user folder under the temporary directory. The compose image compiles
+every kernel at build time into a read-only ``$NUMBA_CACHE_DIR``, which a
+role copies to its own writable folder on first use (numba will not load
+from a folder it cannot write).
 
 Every kernel is an exact transcription of a Python path that stays in the
 code for the unusual cases; the tests hold the two to identical results.
@@ -27,6 +29,7 @@ code for the unusual cases; the tests hold the two to identical results.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -35,14 +38,31 @@ from typing import Any, TypeVar
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
+def _writable(path: Path) -> bool:
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
 def _choose_cache_dir() -> None:
-    if os.environ.get("NUMBA_CACHE_DIR"):
+    """Point numba at a cache it can use. numba insists on a writable cache folder
+    even to load from it, so a read-only prebuilt one (a container image's, made
+    by root at build time and run as another user) is copied once to a per-user
+    folder under the temporary directory, and used from there."""
+    given = os.environ.get("NUMBA_CACHE_DIR")
+    mine = Path(tempfile.gettempdir()) / f"dispatch-emu-numba-{os.getuid()}"
+    if given:
+        src = Path(given)
+        if _writable(src) or not src.is_dir():
+            return  # usable as it is (numba creates a missing one)
+        if not mine.exists():
+            try:
+                shutil.copytree(src, mine)
+            except OSError:  # (a concurrent copy by a sibling process: use theirs)
+                pass
+        os.environ["NUMBA_CACHE_DIR"] = str(mine)
         return
-    here = Path(__file__).resolve().parent
-    if os.access(here, os.W_OK):
+    if _writable(Path(__file__).resolve().parent):
         return  # numba writes __pycache__ beside each module
-    os.environ["NUMBA_CACHE_DIR"] = str(
-        Path(tempfile.gettempdir()) / f"dispatch-emu-numba-{os.getuid()}")
+    os.environ["NUMBA_CACHE_DIR"] = str(mine)
 
 
 _choose_cache_dir()

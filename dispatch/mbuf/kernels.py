@@ -99,8 +99,11 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
     return flush
 
 
+# handles as intp or u32, writable or not (a batch decoded straight off a message is read-only)
+_HS = (intp_1d, u32_1d, types.Array(types.intp, 1, "C", readonly=True),
+       types.Array(types.uint32, 1, "C", readonly=True))
 freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, _bc_t, i64_1d, i64_1d, types.uint32,
-                                  types.uint64) for h in (intp_1d, u32_1d)))(_freem_fast)
+                                  types.uint64) for h in _HS))(_freem_fast)
 freem_fast.__doc__ = """Free a batch of one-mbuf packets into the batch caches: every head in
 use and unchained, either all without clusters or all on unshared clusters
 (refcount 1) of one zone. Retags mbufs and clusters as cached by us and

@@ -679,7 +679,9 @@ class MbufPool:
         if not n:
             return
         arr = handles
-        if (not isinstance(arr, np.ndarray) or arr.dtype not in _HANDLE_DTYPES
+        if isinstance(arr, memoryview) and arr.format == "I":
+            arr = np.frombuffer(arr, np.uint32)  # a batch as it came off the wire: no copy
+        elif (not isinstance(arr, np.ndarray) or arr.dtype not in _HANDLE_DTYPES
                 or not arr.flags.c_contiguous):
             arr = np.array(handles, dtype=np.intp)
         if n <= _BATCH_MAX:
