@@ -67,7 +67,8 @@ def _choose_cache_dir() -> None:
 
 _choose_cache_dir()
 
-import numba  # noqa: E402  (after the cache directory is chosen: numba reads it at import)
+import numba  # noqa: E402
+import numpy as np  # noqa: E402  (after the cache directory is chosen: numba reads it at import)
 from numba import types  # noqa: E402
 
 __all__ = ["kernel", "types", "u8_1d", "u16_1d", "u32_1d", "u32_2d", "u64_1d", "u64_2d",
@@ -96,3 +97,13 @@ def kernel(*signatures: Any) -> Callable[[_F], _F]:
                           boundscheck=False, error_model="numpy")(fn)
 
     return wrap
+
+
+@kernel(types.int64(i64_1d))
+def _prime(a):  # type: ignore[no-untyped-def]
+    return a.shape[0]
+
+
+# The first call of any compiled function in a process pays a one-time set-up of
+# about 10 ms here; pay it at import, not on a run's first packet batch.
+_prime(np.zeros(1, dtype=np.int64))

@@ -110,3 +110,43 @@ use and unchained, either all without clusters or all on unshared clusters
 pushes them on the caches. Returns -1 (nothing changed) outside that case,
 else a bit mask of the zones whose cache now holds more than its maximum
 (the caller flushes a bucket of each to the global stack)."""
+
+
+@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, _bc_t, i64_1d, types.int64,
+                    types.uint32))
+def stack_pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag):  # type: ignore[no-untyped-def]
+    """Move up to `want` handles from the top of zone z's global free stack onto our
+    zone-z batch cache, tagging each as cached by us (the mbuf's owner word, or the
+    cluster's owner half of its metadata). The caller holds the zone lock. Returns
+    how many came."""
+    top = np.int64(tops[z])
+    b = bn[z]
+    k = min(want, top, bc.shape[1] - b)
+    for j in range(k):
+        h = stack[top - k + j]
+        if z == 0:
+            mh[h, _W_OWNER] = cached_tag
+        else:
+            meta64[h] = (meta64[h] & _LOW32) | (np.uint64(cached_tag) << np.uint64(32))
+        bc[z, b + j] = h
+    tops[z] = np.uint32(top - k)
+    bn[z] = b + k
+    return k
+
+
+@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, _bc_t, i64_1d, types.int64))
+def stack_push(mh, meta64, stack, tops, z, bc, bn, k):  # type: ignore[no-untyped-def]
+    """Move the top k handles of our zone-z batch cache onto zone z's global free
+    stack, tagging each free (owner word 0). The caller holds the zone lock."""
+    top = np.int64(tops[z])
+    b = bn[z]
+    for j in range(k):
+        h = bc[z, b - k + j]
+        if z == 0:
+            mh[h, _W_OWNER] = 0
+        else:
+            meta64[h] = meta64[h] & _LOW32
+        stack[top + j] = np.uint32(h)
+    tops[z] = np.uint32(top + k)
+    bn[z] = b - k
+    return k

@@ -217,6 +217,7 @@ class MbufPool:
         self.q = mb.cast("Q")
         self.mbuf_off = g.mbuf_off
         self._tops = self.buf[TOPS_OFF : TOPS_OFF + 4 * L.NZONES].cast("I")
+        self._tops_np = np.frombuffer(mm, np.uint32, L.NZONES, TOPS_OFF)
         self._owners = np.frombuffer(mm, np.uint32, MAX_OWNERS * OWNER_SLOT_WORDS,
                                      g.owners_off).reshape(MAX_OWNERS, OWNER_SLOT_WORDS)
         self._mh = np.frombuffer(mm, np.uint32, mbuf_bytes // 4, g.mbuf_off).reshape(
@@ -348,8 +349,7 @@ class MbufPool:
                 while self._caches[z]:
                     self._flush(z, len(self._caches[z]))
                 if self._bn[z]:
-                    self._flush_arr(z, self._bc[z][: self._bn[z]])
-                    self._bn[z] = 0
+                    self._push_all(z)
             with self._owner_lock:
                 row = self._owners[self.slot]
                 retired = self._owners[0]
@@ -419,40 +419,24 @@ class MbufPool:
             stack[top : top + len(hs)] = hs
             self._tops[z] = top + len(hs)
 
-    def _flush_arr(self, z: int, hs: np.ndarray) -> None:
-        """Return the handles `hs` (from our batch cache) to the global stack."""
-        stack = self._stacks[z]
-        with self._zone_locks[z]:
-            (self._cown_col if z else self._own_col)[hs] = 0
-            top = self._tops[z]
-            stack[top : top + len(hs)] = hs
-            self._tops[z] = top + len(hs)
 
     def _fill_batch(self, z: int, n: int) -> None:
         """Bring our batch cache up to `n` handles if the pool has them: first from
         our list cache, then from the global stack, at least a bucket at a time."""
         bc = self._bc[z]
-        bn = self._bn[z]
+        bn = int(self._bn[z])
         c = self._caches[z]
         if c:
             k = min(len(c), len(bc) - bn)
             bc[bn : bn + k] = c[len(c) - k :]
             del c[len(c) - k :]
             bn += k
+            self._bn[z] = bn
         if bn < n:
-            want = min(max(self._bucket[z], n - bn), len(bc) - bn)
-            stack = self._stacks[z]
+            want = max(self._bucket[z], n - bn)
             with self._zone_locks[z]:
-                top = self._tops[z]
-                k = min(want, top)
-                if k:
-                    hs = stack[top - k : top].astype(np.intp)
-                    self._tops[z] = top - k
-                    (self._cown_col if z else self._own_col)[hs] = self.cached_tag
-            if k:
-                bc[bn : bn + k] = hs
-                bn += k
-        self._bn[z] = bn
+                _k.stack_pop(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                             self._bc, self._bn, want, self.cached_tag)
 
     def _deny(self, z: int, n: int = 1) -> None:
         self._owners[self.slot, OS_DENIED + z] += n
@@ -700,28 +684,36 @@ class MbufPool:
 
     def _flush_over(self, z: int) -> None:
         """Flush buckets of our zone-z batch cache while it holds more than its maximum."""
-        bc = self._bc[z]
         bn = int(self._bn[z])
         b = self._bucket[z]
-        while bn > self._cmax[z]:
-            self._flush_arr(z, bc[bn - b : bn])
-            bn -= b
-        self._bn[z] = bn
+        if bn > self._cmax[z]:
+            k = (bn - self._cmax[z] + b - 1) // b * b  # whole buckets, the most recent
+            with self._zone_locks[z]:
+                _k.stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                              self._bc, self._bn, k)
 
     def _give_many(self, z: int, hs: np.ndarray) -> None:
         """Put freed handles (already tagged cached) into our batch cache; flush
         buckets to the global stack while it holds more than its maximum."""
         k = len(hs)
-        if not k:
-            return
         bc = self._bc[z]
-        bn = self._bn[z]
-        if k > len(bc) - bn:
-            self._flush_arr(z, hs)
-            return
-        bc[bn : bn + k] = hs
-        self._bn[z] = bn + k
+        pos = 0
+        while pos < k:  # (in pieces only for a batch larger than the cache's room)
+            bn = int(self._bn[z])
+            if bn == len(bc):
+                self._push_all(z)
+                continue
+            c = min(len(bc) - bn, k - pos)
+            bc[bn : bn + c] = hs[pos : pos + c]
+            self._bn[z] = bn + c
+            pos += c
         self._flush_over(z)
+
+    def _push_all(self, z: int) -> None:
+        """Our whole zone-z batch cache back to the global stack."""
+        with self._zone_locks[z]:
+            _k.stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                          self._bc, self._bn, int(self._bn[z]))
 
     def adopt(self, handles: Sequence[int] | np.ndarray) -> None:
         """Take ownership of received packets (retag their head mbufs as ours)."""
