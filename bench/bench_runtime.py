@@ -30,7 +30,7 @@ from dispatch.runtime.controller import run_sync
 from dispatch.runtime.placement import MODELS
 
 
-def bare_stage(role: str, pool_name: str, rx: str, tx: str, batch: int) -> None:
+def bare_stage(role: str, pool_name: str, rx: str, tx: str, batch: int, ready: str) -> None:
     """One hop of the bare pipeline: forward handle batches, or (user) free them."""
     pool = MbufPool.attach(pool_name, owner=role)
     ctx = zmq.Context()
@@ -40,6 +40,9 @@ def bare_stage(role: str, pool_name: str, rx: str, tx: str, batch: int) -> None:
     if tx != "-":
         push = ctx.socket(zmq.PUSH)
         push.connect(tx)
+    up = ctx.socket(zmq.PUSH)
+    up.connect(ready)
+    up.send(b"ready")  # the source starts its clock once every hop is up (imports take time)
     # runs until the source stops it by PID (SIGTERM): a "stop" message sent down a
     # PUSH that then closes can be lost with the queue's tail (DESIGN.md, s. 10)
     while True:
@@ -58,15 +61,21 @@ def bare_pipeline(hops: list[str], batch: int, seconds: float) -> float:
             name, PoolConfig(nmbufs=65536, nclusters=32768, njumbop=0, njumbo9=0, njumbo16=0),
             owner="source") as pool:
         eps = [f"ipc://{tmp}/hop{i}" for i in range(len(hops))]
+        ctx = zmq.Context()
+        ready = ctx.socket(zmq.PULL)
+        ready_ep = f"ipc://{tmp}/ready"
+        ready.bind(ready_ep)
         procs = []
         for i, role in enumerate(hops):
             tx = eps[i + 1] if i + 1 < len(hops) else "-"
             procs.append(subprocess.Popen([sys.executable, __file__, "--bare-stage", role,
-                                           name, eps[i], tx, str(batch)]))
-        ctx = zmq.Context()
+                                           name, eps[i], tx, str(batch), ready_ep]))
         push = ctx.socket(zmq.PUSH)
         push.connect(eps[0])
-        time.sleep(0.3)
+        for _ in hops:
+            ready.recv()
+        ready.close(linger=0)
+        time.sleep(0.05)  # (their connects complete)
         sent = 0
         t0 = time.perf_counter()
         end = t0 + seconds
@@ -115,8 +124,8 @@ def fmt(xs: list[float], unit: str = "kpps", scale: float = 1e3) -> str:
 
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--bare-stage":
-        role, name, rx, tx, batch = sys.argv[2:7]
-        bare_stage(role, name, rx, tx, int(batch))
+        role, name, rx, tx, batch, ready = sys.argv[2:8]
+        bare_stage(role, name, rx, tx, int(batch), ready)
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dispatch.packet.errors import BytesLike
-from nicemu.nic import Classified, Nic
+from nicemu.nic import Classified, FlatFrames, Nic, flatten
 
 __all__ = ["InternalSource"]
 
@@ -49,7 +49,7 @@ class InternalSource:
         # classified once: RSS hash, queue, checksum result per template
         self._cls: Classified = nic.classify(self.templates)
         self._pos = 0
-        self._cache: dict[tuple[int, int], tuple[list[bytes], Classified]] = {}
+        self._cache: dict[tuple[int, int], tuple[list[bytes], Classified, FlatFrames]] = {}
         t = len(self.templates)
         self._cacheable = t // math.gcd(t, batch) <= _CACHE_MAX
         #: frames offered so far
@@ -65,7 +65,7 @@ class InternalSource:
         """The rx queue of each template."""
         return self._cls.queues.tolist()
 
-    def _batch(self, start: int, n: int) -> tuple[list[bytes], Classified]:
+    def _batch(self, start: int, n: int) -> tuple[list[bytes], Classified, FlatFrames]:
         key = (start, n)
         hit = self._cache.get(key)
         if hit is not None:
@@ -73,7 +73,8 @@ class InternalSource:
         t = len(self.templates)
         idx = (np.arange(n) + start) % t
         frames = [self.templates[i] for i in idx.tolist()]
-        out = (frames, self._cls.take(idx))
+        cls = self._cls.take(idx)
+        out = (frames, cls, flatten(frames, cls.lens))
         if self._cacheable and n == self.batch:
             self._cache[key] = out
         return out
@@ -83,8 +84,8 @@ class InternalSource:
         n = self.batch if n is None else n
         if n <= 0:
             return self.nic.poll_timers(now_ns)
-        frames, cls = self._batch(self._pos, n)
+        frames, cls, flat = self._batch(self._pos, n)
         self._pos = (self._pos + n) % len(self.templates)
         self.offered += n
         return self.nic.receive_classified(frames, cls, now_ns,
-                                           now_ns if self.stamp_wire else None)
+                                           now_ns if self.stamp_wire else None, flat=flat)

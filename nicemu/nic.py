@@ -27,7 +27,6 @@ hand to TOE, publish, and let moderation decide about the interrupt.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Final
@@ -40,6 +39,7 @@ from dispatch.mbuf import layout as L
 from dispatch.packet.errors import BytesLike
 from dispatch.packet.ether import ETHER_HDR_LEN, ETHER_MIN_LEN_NOFCS
 from dispatch.packet.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from nicemu import kernels as nk
 from nicemu import offload as off
 from nicemu.moderation import Moderation, ModerationConfig
 from nicemu.ring import RingSet, check_ring_size, ring_set_name
@@ -68,8 +68,6 @@ _LUT6: Final = np.array([M_HASHTYPE_RSS_IPV6, M_HASHTYPE_RSS_UDP_IPV6, M_HASHTYP
 _OFF6: Final = np.arange(6, dtype=np.intp) * 65536
 _OFF18: Final = np.arange(18, dtype=np.intp) * 65536
 _EMPTY: Final = np.zeros(0, np.intp)
-_ALL_OK: Final = np.uint32(off.RX_L3_OK | off.RX_L4_OK)
-_SCALAR_MAX: Final = 4  # batches up to this size write pkthdrs word by word
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +169,27 @@ class NicCounters:
                 for k, v in ((n, getattr(self, n)) for n in self.__slots__)}
 
 
+#: a batch of frames laid out for the DMA kernel: (bytes, offset of each frame)
+FlatFrames = tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]
+
+
+def flatten(frames: Sequence[BytesLike], lens: Sequence[int]) -> FlatFrames:
+    """The frames' bytes end to end, and where each starts (one join: the DMA kernel
+    then copies each into its buffer)."""
+    data = np.frombuffer(b"".join(frames), np.uint8)
+    doff = np.zeros(len(lens), np.int64)
+    if len(lens) > 1:
+        np.cumsum(lens[:-1], out=doff[1:])
+    return data, doff
+
+
+_ARANGE = np.arange(4096, dtype=np.intp)
+
+
+def _arange(k: int) -> npt.NDArray[np.intp]:
+    return _ARANGE[:k] if k <= len(_ARANGE) else np.arange(k, dtype=np.intp)
+
+
 class Classified:
     """A batch after classification: what the rest of the receive path needs per frame.
 
@@ -267,7 +286,6 @@ class Nic:
         #: buffers posted to each rx queue (handles), taken from the front
         self._posted: list[npt.NDArray[np.intp]] = [_EMPTY] * nq
         #: data offsets (in the pool segment) of the posted buffers, parallel to _posted
-        self._posted_off: list[npt.NDArray[np.int64]] = [np.zeros(0, np.int64)] * nq
         self._blk_tmpl = Classified.empty(64, cfg.ifindex).blk
         self._closed = False
         self.refill_all()
@@ -283,7 +301,10 @@ class Nic:
         self._mq = np.frombuffer(mm, np.uint64, nm * L.WORDS_PER_MBUF // 2,
                                  p.mbuf_off).reshape(nm, L.WORDS_PER_MBUF // 2)
         self._buf = memoryview(mm)  # type: ignore[arg-type]
+        self._seg = np.frombuffer(mm, np.uint8)
         self._clbase = np.array(p.cl_base, dtype=np.int64)
+        self._tally = np.zeros(4, np.int64)
+        self._nostamp = np.zeros(1, np.uint64)
 
     # ------------------------------------------------------------------ settings
     @property
@@ -329,12 +350,7 @@ class Nic:
         if len(new) < want:
             self.counters.denied += want - len(new)
         if len(new):
-            offs = self._clbase[self._mh[new, L.W_EXT]]
-            if len(have):
-                self._posted[q] = np.concatenate((have, new))
-                self._posted_off[q] = np.concatenate((self._posted_off[q], offs))
-            else:
-                self._posted[q], self._posted_off[q] = new, offs
+            self._posted[q] = np.concatenate((have, new)) if len(have) else new
         return len(new)
 
     def release_posted(self) -> int:
@@ -347,7 +363,6 @@ class Nic:
                 n += len(self._posted[q])
                 self.pool.freem_batch(self._posted[q])
             self._posted[q] = _EMPTY
-            self._posted_off[q] = np.zeros(0, np.int64)
         return n
 
     def refill_all(self) -> int:
@@ -541,10 +556,11 @@ class Nic:
         return self.receive_classified(frames, cls, now_ns, wire_stamps)
 
     def receive_classified(self, frames: Sequence[BytesLike], cls: Classified, now_ns: int,
-                           wire_stamps: Sequence[int] | npt.NDArray[np.integer] | None = None
-                           ) -> list[int]:
+                           wire_stamps: Sequence[int] | npt.NDArray[np.integer] | None = None,
+                           *, flat: FlatFrames | None = None) -> list[int]:
         """The receive path after classification (the internal source enters here with
-        classification done once per template)."""
+        classification done once per template, and its frames already laid out flat
+        for the DMA: `flat`, as `flatten(frames, cls.lens)` makes it)."""
         if self._closed:
             raise RuntimeError("NIC is closed")
         cfg = self.config
@@ -561,9 +577,11 @@ class Nic:
             self.counters.ierrors += int(np.count_nonzero(bad))
             keep = np.flatnonzero(~bad)
         stamps = None if wire_stamps is None else np.asarray(wire_stamps, dtype=np.uint64)
+        if flat is None:
+            flat = flatten(frames, lens)
         nq = cfg.rx_queues
         if nq == 1:
-            if self._rx_queue(0, keep, n, frames, cls, now_ns, stamps):
+            if self._rx_queue(0, keep, n, flat, cls, now_ns, stamps):
                 irqs.append(0)
             return irqs
         qs = cls.queues if keep is None else cls.queues[keep]
@@ -572,14 +590,14 @@ class Nic:
         pos = 0
         for q, k in enumerate(np.bincount(qs, minlength=nq).tolist()):
             if k:
-                if self._rx_queue(q, base[order[pos : pos + k]], n, frames, cls, now_ns,
+                if self._rx_queue(q, base[order[pos : pos + k]], n, flat, cls, now_ns,
                                   stamps):
                     irqs.append(q)
             pos += k
         return irqs
 
     def _rx_queue(self, q: int, idx: npt.NDArray[np.intp] | None, n: int,
-                  frames: Sequence[BytesLike], cls: Classified, now_ns: int,
+                  flat: FlatFrames, cls: Classified, now_ns: int,
                   stamps: npt.NDArray[np.uint64] | None) -> bool:
         """Frames `idx` (None: all n, in order) for rx queue `q`."""
         cfg = self.config
@@ -604,13 +622,9 @@ class Nic:
         if len(posted) < k - nbig:
             self.refill(q, need=k - nbig)
             posted = self._posted[q]
-        offs: list[int] | None = None
         if nbig == 0 and len(posted) >= k:
             handles = posted[:k]
             self._posted[q] = posted[k:]
-            po = self._posted_off[q]
-            offs = po[:k].tolist()
-            self._posted_off[q] = po[k:]
         else:
             handles, got = self._take_buffers(q, ll)
             if got is not None:
@@ -625,40 +639,28 @@ class Nic:
                 k = len(ll)
                 if k == 0:
                     return False
-        # DMA: one copy per frame into its cluster
-        mh = self._mh
-        if offs is None:
-            offs = self._clbase[mh[handles, L.W_EXT]].tolist()
-        buf = self._buf
-        for o, f, ln in zip(offs, frames if idx is None else [frames[i] for i in idx.tolist()],
-                            ll):
-            buf[o : o + ln] = f
-        blk = cls.blk if idx is None else cls.blk[idx]
-        report = cfg.rxcsum or cfg.toe
-        if k <= _SCALAR_MAX:
-            self._write_hdrs_scalar(handles, blk, report, now_ns, stamps, idx)
+        # DMA: one copy per frame into its cluster, and the descriptor write-back
+        rows = _arange(k) if idx is None else idx.astype(np.intp, copy=False)
+        if stamps is None:
+            st, kind = self._nostamp, nk.STAMP_NONE
+        elif stamps.ndim == 0:
+            st, kind = stamps.reshape(1), nk.STAMP_ONE
         else:
-            if not report:
-                if idx is None:
-                    blk = blk.copy()
-                blk[:, 4:] = 0
-            mh[handles, L.W_LEN] = blk[:, 0]
-            mh[handles, L.W_PKTLEN : L.W_CSUM_DATA + 1] = blk
-            if stamps is None:
-                self._mq[handles, L.Q_TS + L.TS_DMA] = now_ns
-            else:
-                ts = np.empty((k, 2), np.uint64)
-                ts[:, 0] = stamps if (idx is None or stamps.ndim == 0) else stamps[idx]
-                ts[:, 1] = now_ns
-                self._mq[handles, L.Q_TS + L.TS_WIRE : L.Q_TS + L.TS_DMA + 1] = ts
-        nbytes = sum(ll)
+            st, kind = np.ascontiguousarray(stamps), nk.STAMP_EACH
+        tally = self._tally
+        nk.dma_rx(self._mh, self._mq, self._seg, self._clbase,
+                  handles.astype(np.intp, copy=False), flat[0], flat[1], cls.blk, rows,
+                  1 if (cfg.rxcsum or cfg.toe) else 0, now_ns, st, kind, tally)
+        nbytes = int(tally[0])
         c.ipackets += k
         c.ibytes += nbytes
         c.rx_dma_bytes += nbytes
         c.rxq_packets[q] += k
         c.rxq_bytes[q] += nbytes
         if cfg.rxcsum:
-            self._count_csum(blk[:, 4].tolist() if k <= _SCALAR_MAX else blk[:, 4])
+            c.rx_csum_ok += int(tally[1])
+            c.rx_csum_l4_bad += int(tally[2])
+            c.rx_csum_ip_bad += int(tally[3])
         if cfg.lro and cls.lro is not None and k > 1:
             handles = self._lro(handles, list(range(k)) if idx is None else idx.tolist(), cls)
         if self._toe is not None and cfg.toe:
@@ -669,51 +671,6 @@ class Nic:
             self._raise(q, now_ns)
             return True
         return False
-
-    def _write_hdrs_scalar(self, handles: npt.NDArray[np.intp], blk: npt.NDArray[np.uint32],
-                           report: bool, now_ns: int, stamps: npt.NDArray[np.uint64] | None,
-                           idx: npt.NDArray[np.intp] | None) -> None:
-        """The pkthdr writes of a small batch, word by word (numpy does not pay here)."""
-        w = self.pool.w
-        qv = self.pool.q
-        if stamps is None:
-            st = None
-        elif stamps.ndim == 0:
-            st = [int(stamps)] * len(handles)
-        else:
-            st = (stamps if idx is None else stamps[idx]).tolist()
-        for j, (m, row) in enumerate(zip(handles.tolist(), blk.tolist())):
-            b = m << 6
-            w[b + L.W_LEN] = row[0]
-            if not report:
-                row[4] = row[5] = 0
-            w[b + L.W_PKTLEN : b + L.W_CSUM_DATA + 1] = array("I", row)
-            t = (m << 5) + L.Q_TS
-            qv[t + L.TS_DMA] = now_ns
-            if st is not None:
-                qv[t + L.TS_WIRE] = st[j]
-
-    def _count_csum(self, fl: npt.NDArray[np.uint32] | list[int]) -> None:
-        c = self.counters
-        if isinstance(fl, list):
-            for f in fl:
-                if f & off.RX_L4_OK == off.RX_L4_OK:
-                    c.rx_csum_ok += 1
-                elif f & off.RX_L4_OK == off.RX_L4_BAD:
-                    c.rx_csum_l4_bad += 1
-                if f & off.RX_L3_OK == off.RX_L3_BAD:
-                    c.rx_csum_ip_bad += 1
-            return
-        if np.count_nonzero(fl == _ALL_OK) == len(fl):
-            c.rx_csum_ok += len(fl)
-            return
-        l4 = fl & off.RX_L4_OK
-        ok = int(np.count_nonzero(l4 == off.RX_L4_OK))
-        c.rx_csum_ok += ok
-        l3bad = int(np.count_nonzero((fl & off.RX_L3_OK) == off.RX_L3_BAD))
-        c.rx_csum_ip_bad += l3bad
-        if ok != len(fl):
-            c.rx_csum_l4_bad += int(np.count_nonzero(l4 == off.RX_L4_BAD))
 
     def _take_buffers(self, q: int, ll: list[int]
                       ) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.bool_] | None]:
@@ -730,7 +687,6 @@ class Nic:
         take = min(len(si), len(posted))
         handles[si[:take]] = posted[:take]
         self._posted[q] = posted[take:]
-        self._posted_off[q] = self._posted_off[q][take:]
         got[si[take:]] = False
         bi = np.flatnonzero(big)
         lo = 0

@@ -220,7 +220,7 @@ def test_fusion_needs_the_registered_stages() -> None:
         s.close()
 
 
-lean_frame = st.fixed_dictionaries({
+ether_frame = st.fixed_dictionaries({
     "group": st.sampled_from([False] * 6 + [True]),
     "et": st.sampled_from([b"\x08\x00"] * 6 + [b"\x86\xdd", b"\x08\x06", b"\x81\x00"]),
     "chain": st.sampled_from([False] * 8 + [True]),
@@ -229,10 +229,10 @@ lean_frame = st.fixed_dictionaries({
 
 @settings(max_examples=80, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-@given(frames=st.lists(lean_frame, min_size=1, max_size=40),
+@given(frames=st.lists(ether_frame, min_size=1, max_size=40),
        length=st.sampled_from([10, 14, 60, 60, 1514, 1600]))
-def test_lean_ether_matches_slow(frames: list[dict], length: int) -> None:
-    """ether_input's one-length path (`_ether_input_lean`) against `_ether_input_slow`
+def test_compiled_ether_matches_slow(frames: list[dict], length: int) -> None:
+    """ether_input (its compiled `_ether_input_fast`) against `_ether_input_slow`
     on batches of frames of one length: the same routing, counters, drops, headers."""
     cfg = StackConfig()
     a, b = Setup(cfg, False, True), Setup(cfg, False, False)
@@ -257,13 +257,13 @@ def test_lean_ether_matches_slow(frames: list[dict], length: int) -> None:
         b.close()
 
 
-def test_lean_ether_is_taken() -> None:
+def test_compiled_ether_is_taken() -> None:
     s = Setup(StackConfig(), False, True)
     try:
         specs = [{"plen": 18, "dport": 53, "sport": 1000, "peer": k % 2, "odd": "none"}
                  for k in range(16)]
         hs = [s.load(p) for p in specs]
-        r = ether._ether_input_lean(s.ctx, hs)  # (any size: the threshold is for speed)
+        r = ether._ether_input_fast(s.ctx, hs)
         assert r == {S.IP_INPUT: hs}
         assert s.ctx.stats.counters["ether.if_ibytes"] == 16 * 60
         s.pool.freem_batch(hs)

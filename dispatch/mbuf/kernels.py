@@ -150,3 +150,25 @@ def stack_push(mh, meta64, stack, tops, z, bc, bn, k):  # type: ignore[no-untype
     tops[z] = np.uint32(top + k)
     bn[z] = b - k
     return k
+
+
+def _adopt(mh, mq, hs, tag, slot, now, out):  # type: ignore[no-untyped-def]
+    n = hs.shape[0]
+    nts = out.shape[1]
+    for j in range(n):
+        m = hs[j]
+        mh[m, _W_OWNER] = tag
+        if slot >= 0:
+            mq[m, _Q_TS + slot] = now
+        for t in range(nts):
+            out[j, t] = mq[m, _Q_TS + t]
+
+
+_Q_TS = L.Q_TS
+_u64_2d = types.uint64[:, ::1]
+adopt = kernel(*(types.void(u32_2d, _u64_2d, h, types.uint32, types.int64, types.uint64,
+                            _u64_2d) for h in _HS))(_adopt)
+adopt.__doc__ = """Take ownership of received packets (retag their head mbufs as ours), as a
+role does when a batch reaches it; with slot >= 0 also stamp that timestamp
+slot with `now`; copy each packet's timestamps into out[j, :out.shape[1]]
+(a zero-column `out` copies none)."""

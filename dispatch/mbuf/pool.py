@@ -64,6 +64,18 @@ _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
 _HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what freem_fast is compiled for
 
 
+def _handles(handles: Sequence[int] | np.ndarray | memoryview) -> np.ndarray:
+    """A batch of handles as an array the compiled kernels take, without a copy
+    where it already is one (or a u32 memoryview, as decoded off a message)."""
+    if isinstance(handles, np.ndarray):
+        if handles.dtype in _HANDLE_DTYPES and handles.flags.c_contiguous:
+            return handles
+        return handles.astype(np.intp)
+    if isinstance(handles, memoryview) and handles.format == "I":
+        return np.frombuffer(handles, np.uint32)
+    return np.array(handles, dtype=np.intp)
+
+
 def _align(n: int, a: int) -> int:
     return (n + a - 1) // a * a
 
@@ -287,6 +299,7 @@ class MbufPool:
         self._t_rx = t_rx  # an rx-ring buffer: pkthdr mbuf on a cluster
         self._cl_base_np: np.ndarray | None = None
         self._seg_np: np.ndarray | None = None
+        self._seg64_np: np.ndarray | None = None
         self._closed = False
 
     @classmethod
@@ -370,7 +383,8 @@ class MbufPool:
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
         del self._meta64
         del self._next_col, self._own_col, self._ext_col, self._state16
-        self._seg_np = None
+        self._seg_np = self._seg64_np = None
+        del self._tops_np
         self.buf.release()
         try:
             self._mm.close()
@@ -662,12 +676,7 @@ class MbufPool:
         n = len(handles)
         if not n:
             return
-        arr = handles
-        if isinstance(arr, memoryview) and arr.format == "I":
-            arr = np.frombuffer(arr, np.uint32)  # a batch as it came off the wire: no copy
-        elif (not isinstance(arr, np.ndarray) or arr.dtype not in _HANDLE_DTYPES
-                or not arr.flags.c_contiguous):
-            arr = np.array(handles, dtype=np.intp)
+        arr = _handles(handles)
         if n <= _BATCH_MAX:
             r = _k.freem_fast(self._mh, self._meta64, self._cl_zone_np, arr, self._bc,
                               self._bn, self._cmax_np, self.cached_tag, self._meta_cached)
@@ -715,9 +724,16 @@ class MbufPool:
             _k.stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
                           self._bc, self._bn, int(self._bn[z]))
 
-    def adopt(self, handles: Sequence[int] | np.ndarray) -> None:
-        """Take ownership of received packets (retag their head mbufs as ours)."""
-        self._own_col[np.asarray(handles).astype(np.intp, copy=False)] = self.inuse_tag
+    def adopt(self, handles: Sequence[int] | np.ndarray, *, stamp: int = -1, now: int = 0,
+              stamps: bool = False) -> np.ndarray | None:
+        """Take ownership of received packets (retag their head mbufs as ours), in one
+        compiled pass; with `stamp` (a TS_* slot) also stamp it with `now`; with
+        `stamps`, return a copy of the batch's (n, NTS) timestamps, read after the
+        stamping (for latency samples kept after the packets are freed)."""
+        arr = _handles(handles)
+        out = np.empty((len(arr), L.NTS if stamps else 0), dtype=np.uint64)
+        _k.adopt(self._mh, self._mq, arr, self.inuse_tag, stamp, now, out)
+        return out if stamps else None
 
     def stamp_batch(self, handles: Sequence[int] | np.ndarray, slot: int, t_ns: int) -> None:
         self._mq[np.asarray(handles).astype(np.intp, copy=False), L.Q_TS + slot] = t_ns
@@ -755,6 +771,14 @@ class MbufPool:
         if self._seg_np is None:
             self._seg_np = np.frombuffer(self._mm, np.uint8)
         return self._seg_np
+
+    @property
+    def segment64(self) -> np.ndarray:
+        """The whole segment as u64 words (it is page-aligned and a whole number of
+        pages long): for compiled code that sums or copies 8 bytes at a time."""
+        if self._seg64_np is None:
+            self._seg64_np = np.frombuffer(self._mm, np.uint64)
+        return self._seg64_np
 
     def hget(self, m: int, word: int) -> int:
         return self.w[(m << 6) + word]

@@ -177,12 +177,16 @@ class Controller:
                                         fifo=10 if prio else None)
             s.roles[child.name] = (role, idx)
             self.pids[child.name] = child.pid
-        await self._hellos(env_seconds(ATTACH_TIMEOUT_ENV, 60.0) if self.attach
-                           else self.timeout_s)
+        await self._hellos(self.timeout_s, env_seconds(ATTACH_TIMEOUT_ENV, 60.0))
 
-    async def _hellos(self, timeout_s: float) -> None:
+    async def _hellos(self, local_s: float, attached_s: float) -> None:
         """Wait for every role's hello; note where each can be reached and whether its
-        PID is one this controller can read (/proc: same boot, same PID namespace)."""
+        PID is one this controller can read (/proc: same boot, same PID namespace).
+
+        Roles this controller spawned have `local_s` (their start-up, numba's
+        kernel loading included, can take seconds on a loaded machine); attached
+        roles, which may simply not be running, have `attached_s`
+        (DISPATCH_ATTACH_TIMEOUT), and are the ones named when it passes."""
         from dispatch.runtime.agent import identity
 
         assert self.session is not None
@@ -190,7 +194,7 @@ class Controller:
         me = identity()
         refused0 = self._refused0  # this process's ZAP refusals since open() began
         pending = set(s.roles)
-        deadline = time.monotonic() + timeout_s
+        t0 = time.monotonic()
         while pending:
             self._check_alive()
             for name in sorted(pending):
@@ -211,14 +215,20 @@ class Controller:
                     break
             if not pending:
                 break
-            if time.monotonic() > deadline:
+            late_att = sorted(n for n in pending if n not in self.pids)  # attached: no PID yet
+            late_loc = sorted(n for n in pending if n in self.pids)
+            elapsed = time.monotonic() - t0
+            late, timeout_s = ((late_att, attached_s) if late_att and elapsed > attached_s
+                               else (late_loc, local_s) if late_loc and elapsed > local_s
+                               else ([], 0.0))
+            if late:
                 refused = zap_counts()["refused"] - refused0
                 how = (f"; {refused} connection(s) refused by CURVE authentication (wrong or "
                        "missing client key)") if refused else ""
                 where = (f" (attached roles connect to this controller at {s.ctl_endpoint}: "
                          "is each one running, and do --rxq, --netisr and --users match "
                          "the instances started?)" if self.attach else "")
-                raise RunFailed(f"role(s) {', '.join(sorted(pending))} did not say hello "
+                raise RunFailed(f"role(s) {', '.join(late)} did not say hello "
                                 f"within {timeout_s:.0f} s{where}{how}")
             await asyncio.sleep(0.02)
 

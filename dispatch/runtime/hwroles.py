@@ -576,14 +576,14 @@ class NicRole:
                 return
 
     def _drain_doorbells(self) -> None:
-        """Doorbells since the last turn: one check covers them all."""
+        """Doorbells since the last turn: one check covers them all. (Asked of the
+        socket's EVENTS first: a failed non-blocking recv raises, and an exception
+        per loop turn cost ~12 % of the NIC role's time at full rate.)"""
         import zmq
 
-        while True:
-            try:
-                self.doorbell.recv(zmq.NOBLOCK)
-            except zmq.Again:
-                break
+        sock = self.doorbell
+        while sock.get(zmq.EVENTS) & zmq.POLLIN:
+            sock.recv(zmq.NOBLOCK)
 
     def _source_done(self) -> None:
         if not self.done_sent:

@@ -68,6 +68,7 @@ from dispatch.packet.ether import (
     ETHERTYPE_VLAN,
 )
 from dispatch.packet.frames import DEFAULT_SRC_MAC
+from dispatch.stages import kernels as _k
 from dispatch.stages.base import (
     ETHER_INPUT,
     ETHER_OUTPUT,
@@ -116,129 +117,56 @@ def _max_frame(ctx: Ctx) -> int:
     return cached[2]
 
 
-# The vectorised fast path (whole batch, a few numpy calls): frame bytes 12, 13, 0, 0
-# read as one big-endian word give ethertype << 16 | first destination byte << 8 ...
-# Below this batch size the per-packet code is cheaper: the fast path costs a fixed
-# ~20 numpy calls (~1-2 us each here) plus little per packet; measured crossover
-# (ether_input + ip_input, 64-byte UDP) between 32 and 64 packets.
-_FAST_MIN = 48
-_EIDX = np.array([12, 13, 0, 0], dtype=np.int64)
-_EKEY_MASK = np.uint32(0xFFFF0100)  # ethertype and the group bit of the destination
-_EKEY_V4 = np.uint32(ETHERTYPE_IP << 16)
-_EKEY_V6 = np.uint32(ETHERTYPE_IPV6 << 16)
-_ECOLS = np.array([L.W_LEN, L.W_EXT, L.W_PKTLEN], dtype=np.intp)
-_ELO = np.array([ETHER_HDR_LEN, 1, ETHER_HDR_LEN], dtype=np.uint32)  # word - lo wraps if < lo
-_ERANGE: dict[int, np.ndarray] = {}  # longest frame -> (hi - lo) per column of _ECOLS
-# W_DATA += 14, W_LEN -= 14, W_PKTLEN -= 14 (uint32 wrap-around), over words 2..14
-_EDELTA = np.zeros(L.W_HDRLENS - L.W_DATA + 1, dtype=np.uint32)
-_EDELTA[0] = ETHER_HDR_LEN
-_EDELTA[L.W_LEN - L.W_DATA] = (1 << 32) - ETHER_HDR_LEN
-_EDELTA[L.W_PKTLEN - L.W_DATA] = (1 << 32) - ETHER_HDR_LEN
+# The compiled path (kernels.ether_input): a batch whose every frame is untagged
+# unicast IPv4/IPv6 in a cluster, at least a header long and not over the MTU, in
+# one pass; any other batch goes through `_ether_input_slow`. (It replaced two
+# whole-batch numpy paths that paid only from 48 packets on: each numpy call costs
+# ~1-2 us here.)
+_FAST_MIN = 1
 
 
-# The lean path: a batch of frames of one length (the usual batch from one source)
-# needs no per-packet length checks; ethertype and group bit of every frame are
-# checked with one masked compare of the first 16 bytes. About a dozen numpy calls,
-# so it pays from a few packets on, where the general fast path above does not.
-_LEAN_MIN = 48  # measured: even with the per-packet path at 32, cheaper above
-_LEAN_MASK = np.frombuffer(bytes([0x01] + [0] * 11 + [0xFF, 0xFF, 0, 0]), np.uint64)
-_LEAN_V4 = bytes([0] * 12 + [0x08, 0x00, 0, 0])
-_LWIN: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _ether_input_lean(ctx: Ctx, batch: list[int]) -> Routed | None:
-    """Untagged unicast IPv4 frames of one length, each one mbuf on a cluster with the
-    whole header in it: strip the headers of the whole batch; None (nothing changed)
-    for any other batch. Exactly what `_ether_input_slow` does with such a batch."""
-    n = len(batch)
-    if n > 4096:
-        return None
+def _ether_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
+    """The compiled path; None (nothing changed) for any batch it does not take.
+    Exactly what `_ether_input_slow` does with such a batch."""
     pool = ctx.pool
-    hdr = pool.headers
-    arr = np.fromiter(batch, np.intp, n)
-    H = hdr.take(arr, 0)
-    pk_b = H[:, L.W_PKTLEN].tobytes()
-    if pk_b != pk_b[:4] * n or H[:, L.W_LEN].tobytes() != pk_b:
+    n = len(batch)
+    sc = ctx.extra.get("_ether_scratch")
+    if sc is None or len(sc[0]) < n:
+        sc = ctx.extra["_ether_scratch"] = (np.empty(max(n, 64), np.uint8), np.zeros(2, np.int64))
+    route, tally = sc
+    arr = np.array(batch, dtype=np.intp)
+    if _k.ether_input(pool.headers, pool.segment, pool.cluster_base, arr, _max_frame(ctx),
+                      route, tally) < 0:
         return None
-    p0 = int(H[0, L.W_PKTLEN])
-    if p0 < ETHER_HDR_LEN or p0 > _max_frame(ctx):
-        return None
-    ext = H[:, L.W_EXT]
-    if np.count_nonzero(ext) != n:
-        return None
-    seg = pool.segment
-    win = _LWIN.get(id(seg))
-    if win is None or win[0] is not seg:
-        win = _LWIN[id(seg)] = (seg, np.lib.stride_tricks.as_strided(
-            seg, (len(seg) - 15, 16), (1, 1), writeable=False))
-    try:
-        g = win[1][pool.cluster_base.take(ext) + H[:, L.W_DATA]]
-    except IndexError:
-        return None
-    if (g.view(np.uint64) & _LEAN_MASK).tobytes() != _LEAN_V4 * n:
-        return None
-    new = H[:, L.W_DATA : L.W_HDRLENS + 1] + _EDELTA
-    new[:, -1] = ETHER_HDR_LEN  # W_HDRLENS: l2hlen, l3hlen and l4hlen cleared
-    hdr[arr, L.W_DATA : L.W_HDRLENS + 1] = new
+    out: Routed
+    if tally[1] == 0:
+        out = {IP_INPUT: list(batch)}
+    else:
+        r = route[:n]
+        out = {}
+        if tally[1] < n:
+            out[IP_INPUT] = arr[r == 4].tolist()
+        out[IP6_INPUT] = arr[r == 6].tolist()
     stats = ctx.stats
     stats.add("ether.if_ipackets", n)
-    stats.add("ether.if_ibytes", n * p0)
-    return {IP_INPUT: list(batch)}
+    stats.add("ether.if_ibytes", int(tally[0]))
+    return out
 
 
 @stage(ETHER_INPUT)
 def ether_input(ctx: Ctx, batch: list[int]) -> Routed:
     """Check, strip and demultiplex Ethernet frames to ip_input / ip6_input.
 
-    A batch of untagged unicast IPv4 frames of one length goes through
-    `_ether_input_lean`; the common case (every frame of the batch untagged
-    unicast IPv4/IPv6 in a cluster, at least a header long, not over the MTU) is
-    handled for the whole batch at once; any other batch goes through `_ether_input_slow`, the
-    per-packet reference, with exactly the same results.
+    The common case (every frame of the batch untagged unicast IPv4/IPv6 in a
+    cluster, at least a header long, not over the MTU) goes through the
+    compiled `_ether_input_fast`; any other batch through `_ether_input_slow`,
+    the per-packet reference, with exactly the same results.
     """
-    n = len(batch)
-    if n >= _LEAN_MIN:
-        r = _ether_input_lean(ctx, batch)
+    if len(batch) >= _FAST_MIN:
+        r = _ether_input_fast(ctx, batch)
         if r is not None:
             return r
-    if n < _FAST_MIN:
-        return _ether_input_slow(ctx, batch)
-    pool = ctx.pool
-    hdr = pool.headers
-    hs = np.array(batch, dtype=np.intp)
-    H = hdr.take(hs, axis=0)
-    # 14 <= W_LEN, 1 <= W_EXT, 14 <= W_PKTLEN <= the longest frame: lo <= x <= hi
-    # as (x - lo) <= (hi - lo) in uint32, where x < lo wraps around to a large value
-    maxframe = _max_frame(ctx)
-    rng = _ERANGE.get(maxframe)
-    if rng is None:
-        rng = _ERANGE[maxframe] = np.array(
-            [0xFFFFFFFF - ETHER_HDR_LEN, 0xFFFFFFFE, maxframe - ETHER_HDR_LEN], dtype=np.uint32)
-    if ((H.take(_ECOLS, axis=1) - _ELO) <= rng).tobytes() != b"\x01" * (3 * n):
-        return _ether_input_slow(ctx, batch)
-    off = pool.cluster_base.take(H[:, L.W_EXT]) + H[:, L.W_DATA]
-    key = pool.segment[off[:, None] + _EIDX].view(">u4")[:, 0] & _EKEY_MASK
-    v4 = key == _EKEY_V4
-    out: Routed
-    ones = b"\x01" * n  # a bool array is all true when its bytes are these (faster than .all())
-    if v4.tobytes() == ones:
-        out = {IP_INPUT: list(batch)}
-    else:
-        v6 = key == _EKEY_V6
-        if (v4 | v6).tobytes() != ones:
-            return _ether_input_slow(ctx, batch)
-        out = {}
-        if v4.any():
-            out[IP_INPUT] = hs[v4].tolist()
-        out[IP6_INPUT] = hs[v6].tolist()
-    nbytes = int(H[:, L.W_PKTLEN].sum())
-    new = H[:, L.W_DATA : L.W_HDRLENS + 1] + _EDELTA
-    new[:, -1] = ETHER_HDR_LEN  # W_HDRLENS: l2hlen, l3hlen and l4hlen cleared
-    hdr[hs, L.W_DATA : L.W_HDRLENS + 1] = new
-    stats = ctx.stats
-    stats.add("ether.if_ipackets", n)
-    stats.add("ether.if_ibytes", nbytes)
-    return out
+    return _ether_input_slow(ctx, batch)
 
 
 def _ether_input_slow(ctx: Ctx, batch: list[int]) -> Routed:

@@ -32,11 +32,11 @@ import struct
 from typing import TYPE_CHECKING
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided
 
 from dispatch.mbuf import layout as L
 from dispatch.packet.checksum import pseudo_header_sum_v4, pseudo_header_sum_v6
 from dispatch.packet.ipv4 import IPPROTO_TCP, IPPROTO_UDP
+from dispatch.stages import kernels as _k
 from dispatch.stages.base import (
     ETHER_OUTPUT,
     ICMP_INPUT,
@@ -161,125 +161,73 @@ def _local4_ints(ctx: Ctx) -> frozenset[int]:
     return cached[2]
 
 
-# The vectorised fast path. A packet takes it when every check of the per-packet code
-# passes and nothing but the header words it writes changes: version 4, IHL 5, no
-# loopback source or destination, checksum good (verified by the NIC or in batch),
-# 20 <= ip_len <= m_pkthdr.len with the whole packet in the first mbuf (a cluster),
-# not a fragment, destination local, protocol TCP, UDP or ICMP.
-# Below this batch size the per-packet code is cheaper: the fast path costs a fixed
-# ~20 numpy calls (~1-2 us each here) plus little per packet; measured crossover
-# (ether_input + ip_input, 64-byte UDP) between 32 and 64 packets.
-_FAST_MIN = 48
-_CV = np.uint32(L.CSUM_L3_CALC | L.CSUM_L3_VALID)
+# The compiled fast path (kernels.ip4_input). A batch takes it when every packet
+# passes every check of the per-packet code and nothing but the header words it
+# writes changes: version 4, IHL 5, no loopback source or destination, checksum
+# good (verified by the NIC or in software), 20 <= ip_len <= m_pkthdr.len with the
+# whole packet in the first mbuf (a cluster), not a fragment, destination local,
+# protocol TCP, UDP or ICMP. (It replaced a whole-batch numpy path that paid only
+# from 48 packets on: each numpy call costs ~1-2 us here.)
+_FAST_MIN = 1
 _PROTO_STAGE = {6: TCP_INPUT, 17: UDP_INPUT, 1: ICMP_INPUT}
-_ROW256 = np.arange(20, dtype=np.intp) * 256  # byte i of a header -> row i of the table
-_ONES = b"\x01"  # a bool array is all true when its bytes are _ONES * len (faster than .all())
 
 
-def _windows(pool: MbufPool) -> np.ndarray:
-    """A read-only (len - 19, 20) view of the segment: row o = the 20 bytes at offset o."""
-    win = _WINDOWS.get(id(pool))
-    if win is None or win[0] is not pool.segment:
-        seg = pool.segment
-        win = _WINDOWS[id(pool)] = (seg, as_strided(seg, (len(seg) - 19, 20), (1, 1),
-                                                    writeable=False))
-    return win[1]
-
-
-_WINDOWS: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-
-def _fast_tables(ctx: Ctx) -> tuple[np.ndarray, np.ndarray | None]:
-    """(ok, local): ok[i, v] says byte i of the IPv4 header may be v on the fast path;
-    local is the array of local addresses to match the destination against when the
-    table cannot (None: the table already decides it). Cached like `_local4_ints`."""
+def _fast_local(ctx: Ctx) -> tuple[np.ndarray, int]:
+    """(local addresses as u32, whether the destination must be one of them: not in
+    auto-sockets mode, where every destination is ours). Cached like `_local4_ints`."""
+    local4 = _local4_ints(ctx)
     extra = ctx.extra
-    cached = extra.get("_ip_fast_tables")
-    if (cached is None or cached[0] is not ctx.config
-            or cached[1] is not extra.get("interfaces")):
-        local4 = _local4_ints(ctx)
-        ok = np.ones((20, 256), dtype=bool)
-        v = np.arange(256)
-        ok[0] = v == 0x45  # version 4, no options
-        ok[6] = (v & 0x3F) == 0  # IP_MF clear, fragment offset 0 (high bits)
-        ok[7] = v == 0  # fragment offset 0 (low bits)
-        ok[9] = (v == 1) | (v == 6) | (v == 17)  # ICMP, TCP, UDP
-        ok[12] = v != 127  # no loopback source
-        ok[16] = v != 127  # no loopback destination
-        local: np.ndarray | None = None
-        if not ctx.config.auto_sockets:
-            if len(local4) == 1:
-                (a,) = local4
-                for i, byte in enumerate(a.to_bytes(4, "big")):
-                    ok[16 + i] &= v == byte
-            else:
-                local = np.array(sorted(local4), dtype=np.uint32)
-        cached = (ctx.config, extra.get("interfaces"), ok.ravel(), local)
-        extra["_ip_fast_tables"] = cached
-    return cached[2], cached[3]
+    cached = extra.get("_ip_fast_local")
+    if cached is None or cached[0] is not local4 or cached[1] is not ctx.config:
+        arr = np.array(sorted(local4), dtype=np.uint32)
+        cached = extra["_ip_fast_local"] = (local4, ctx.config,
+                                            (arr, 0 if ctx.config.auto_sockets else 1))
+    return cached[2]
+
+
+def _ip_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
+    """The compiled path; None (nothing changed) for a batch it does not take."""
+    ipq = ctx.extra.get("ipq")
+    if ipq is not None and ipq.queues:
+        return None  # ip_input expires fragments first
+    n = len(batch)
+    sc = ctx.extra.get("_ip_scratch")
+    if sc is None or len(sc) < n:
+        sc = ctx.extra["_ip_scratch"] = np.empty(max(n, 64), np.uint8)
+    local, check = _fast_local(ctx)
+    pool = ctx.pool
+    arr = np.array(batch, dtype=np.intp)
+    if _k.ip4_input(pool.headers, pool.segment, pool.cluster_base, arr, local, check, sc) < 0:
+        return None
+    p = sc[:n]
+    out: Routed = {}
+    p0 = int(p[0])
+    if n == 1 or p.tobytes() == bytes((p0,)) * n:
+        out[_PROTO_STAGE[p0]] = list(batch)
+    else:
+        for proto in (6, 17, 1):
+            sel = p == proto
+            if sel.any():
+                out[_PROTO_STAGE[proto]] = arr[sel].tolist()
+    stats = ctx.stats
+    stats.add("ip.ips_total", n)
+    stats.add("ip.ips_delivered", n)
+    return out
 
 
 @stage(IP_INPUT)
 def ip_input(ctx: Ctx, batch: list[int]) -> Routed:
     """Validate IPv4 packets and send each to transport input, ip_forward, or a drop.
 
-    A batch whose every packet is a plain, valid IPv4 packet for this host (see
-    `_fast_tables`) is handled at once with a few numpy operations; any other
-    batch goes through `_ip_input_slow`, the per-packet reference, with exactly
-    the same results.
+    A batch whose every packet is a plain, valid IPv4 packet for this host goes
+    through the compiled `_ip_input_fast`; any other batch through
+    `_ip_input_slow`, the per-packet reference, with exactly the same results.
     """
-    n = len(batch)
-    if n < _FAST_MIN:
-        return _ip_input_slow(ctx, batch)
-    ipq = ctx.extra.get("ipq")
-    if ipq is not None and ipq.queues:
-        return _ip_input_slow(ctx, batch)
-    ok, local = _fast_tables(ctx)
-    pool = ctx.pool
-    hdr = pool.headers
-    hs = np.array(batch, dtype=np.intp)
-    H = hdr.take(hs, axis=0)
-    off = pool.cluster_base.take(H[:, L.W_EXT]) + H[:, L.W_DATA]
-    try:
-        g = _windows(pool)[off]  # (n, 20): the headers
-    except IndexError:
-        return _ip_input_slow(ctx, batch)
-    ones = _ONES * n
-    if ok.take(g + _ROW256).tobytes() != ones * 20:
-        return _ip_input_slow(ctx, batch)
-    G = g.view(">u4")  # (n, 5): vhl tos len, id off, ttl p sum, src, dst
-    ip_len = G[:, 0] & np.uint32(0xFFFF)
-    plen = H[:, L.W_PKTLEN]
-    if ((H[:, L.W_LEN] == plen) & (ip_len <= plen) & (ip_len >= 20)
-            & (H[:, L.W_EXT] != 0)).tobytes() != ones:
-        return _ip_input_slow(ctx, batch)
-    csf = H[:, L.W_CSUM_FLAGS]
-    if ((csf & _CV) == _CV).tobytes() != ones:
-        calc = (csf & np.uint32(L.CSUM_L3_CALC)) != 0
-        good = np.where(calc, (csf & np.uint32(L.CSUM_L3_VALID)) != 0,
-                        g.view(">u2").sum(axis=1, dtype=np.int64) % _M == 0)
-        if good.tobytes() != ones:
-            return _ip_input_slow(ctx, batch)
-    if local is not None and (G[:, 4][:, None] == local).any(axis=1).tobytes() != ones:
-        return _ip_input_slow(ctx, batch)
-    # trim link padding (m_len = m_pkthdr.len = ip_len) and record l3hlen = 20
-    H[:, L.W_LEN] = ip_len
-    H[:, L.W_PKTLEN] = ip_len
-    H[:, L.W_HDRLENS] = (H[:, L.W_HDRLENS] & np.uint32(0xFF)) | np.uint32(20 << 8)
-    hdr[hs, L.W_LEN : L.W_HDRLENS + 1] = H[:, L.W_LEN : L.W_HDRLENS + 1]
-    p = g[:, 9]
-    out: Routed = {}
-    if (p == p[0]).tobytes() == ones:
-        out[_PROTO_STAGE[int(p[0])]] = list(batch)
-    else:
-        for proto in (6, 17, 1):
-            sel = p == proto
-            if sel.any():
-                out[_PROTO_STAGE[proto]] = hs[sel].tolist()
-    stats = ctx.stats
-    stats.add("ip.ips_total", n)
-    stats.add("ip.ips_delivered", n)
-    return out
+    if len(batch) >= _FAST_MIN:
+        r = _ip_input_fast(ctx, batch)
+        if r is not None:
+            return r
+    return _ip_input_slow(ctx, batch)
 
 
 def _ip_input_slow(ctx: Ctx, batch: list[int]) -> Routed:

@@ -245,3 +245,325 @@ def soreceive(mh, mq, seg, cl_base, hs, uio, tq, now, out):  # type: ignore[no-u
         total += k
     out[0] = n
     return total
+
+
+_ETHER_HDR_LEN = 14
+
+
+@kernel(types.int64(u32_2d, u8_1d, i64_1d, intp_1d, types.int64, u8_1d, i64_1d))
+def ether_input(mh, seg, cl_base, hs, max_frame, route, tally):  # type: ignore[no-untyped-def]
+    """ether_input over a batch whose every frame is untagged unicast IPv4 or IPv6,
+    its first mbuf on a cluster holding the whole header, at least a header and at
+    most `max_frame` long: strip the headers (data += 14, len and pkthdr len -= 14,
+    hdrlens = 14). route[j] = 4 or 6; tally[:] = bytes, IPv6 frames. Returns 0, or
+    REFUSED (nothing written) for any other batch."""
+    n = hs.shape[0]
+    nbytes = 0
+    n6 = 0
+    for j in range(n):
+        m = hs[j]
+        ln = mh[m, _W_LEN]
+        pk = mh[m, _W_PKTLEN]
+        c = mh[m, _W_EXT]
+        if ln < _ETHER_HDR_LEN or c == 0 or pk < _ETHER_HDR_LEN or pk > max_frame:
+            return REFUSED
+        o = cl_base[c] + mh[m, _W_DATA]
+        if (seg[o] & 1) != 0:
+            return REFUSED  # group address: the per-packet path counts it
+        t0 = seg[o + 12]
+        t1 = seg[o + 13]
+        if t0 == 0x08 and t1 == 0x00:
+            route[j] = 4
+        elif t0 == 0x86 and t1 == 0xDD:
+            route[j] = 6
+            n6 += 1
+        else:
+            return REFUSED
+        nbytes += pk
+    for j in range(n):
+        m = hs[j]
+        mh[m, _W_DATA] += np.uint32(_ETHER_HDR_LEN)
+        mh[m, _W_LEN] -= np.uint32(_ETHER_HDR_LEN)
+        mh[m, _W_PKTLEN] -= np.uint32(_ETHER_HDR_LEN)
+        mh[m, _W_HDRLENS] = np.uint32(_ETHER_HDR_LEN)
+    tally[0] = nbytes
+    tally[1] = n6
+    return 0
+
+
+@kernel(types.int64(u32_2d, u8_1d, i64_1d, intp_1d, u32_1d, types.int64, u8_1d))
+def ip4_input(mh, seg, cl_base, hs, local, local_check, proto):  # type: ignore[no-untyped-def]
+    """ip_input over a batch whose every packet is a plain, valid IPv4 packet for
+    this host: version 4 without options, not a fragment, TCP, UDP or ICMP, no
+    loopback source or destination, the destination one of `local` (when
+    local_check), 20 <= ip_len <= m_pkthdr.len with the whole packet in its first
+    mbuf (a cluster), the header checksum verified by the NIC or good in software.
+    Trims link padding (m_len = m_pkthdr.len = ip_len) and records l3hlen = 20.
+    proto[j] = the packet's protocol. Returns 0, or REFUSED (nothing written)."""
+    n = hs.shape[0]
+    nseg = seg.shape[0]
+    nloc = local.shape[0]
+    for j in range(n):
+        m = hs[j]
+        c = mh[m, _W_EXT]
+        pk = mh[m, _W_PKTLEN]
+        if c == 0 or mh[m, _W_LEN] != pk:
+            return REFUSED
+        o = cl_base[c] + mh[m, _W_DATA]
+        if o + 20 > nseg:
+            return REFUSED
+        if seg[o] != 0x45 or (seg[o + 6] & 0x3F) != 0 or seg[o + 7] != 0:
+            return REFUSED
+        p = seg[o + 9]
+        if p != 6 and p != 17 and p != 1:
+            return REFUSED
+        if seg[o + 12] == 127 or seg[o + 16] == 127:
+            return REFUSED
+        il = (np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3])
+        if il < 20 or il > pk:
+            return REFUSED
+        cf = mh[m, _W_CSUM_FLAGS]
+        if (cf & _CV) != _CV:
+            if cf & L.CSUM_L3_CALC:
+                return REFUSED  # the NIC found it bad: the per-packet path counts it
+            s = 0
+            for k in range(10):
+                s += (np.int64(seg[o + 2 * k]) << 8) | np.int64(seg[o + 2 * k + 1])
+            if s % 0xFFFF != 0:
+                return REFUSED
+        if local_check != 0:
+            dst = ((np.int64(seg[o + 16]) << 24) | (np.int64(seg[o + 17]) << 16)
+                   | (np.int64(seg[o + 18]) << 8) | np.int64(seg[o + 19]))
+            found = False
+            for q in range(nloc):
+                if np.int64(local[q]) == dst:
+                    found = True
+                    break
+            if not found:
+                return REFUSED
+        proto[j] = p
+    for j in range(n):
+        m = hs[j]
+        o = cl_base[mh[m, _W_EXT]] + mh[m, _W_DATA]
+        il = np.uint32((np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3]))
+        mh[m, _W_LEN] = il
+        mh[m, _W_PKTLEN] = il
+        mh[m, _W_HDRLENS] = (mh[m, _W_HDRLENS] & np.uint32(0xFF)) | np.uint32(20 << 8)
+    return 0
+
+
+_i64_2d = types.int64[:, ::1]
+_M32 = 0xFFFFFFFF
+_WL_SET = 1 << 32
+_PF_TCP4 = S.pf_of(S.IPPROTO_TCP, S.AF_INET4)
+_SF_LISTEN, _SF_AUTO = S.SF_LISTEN, S.SF_AUTO
+_P_STATE, _P_TFLAGS, _P_REASS_HEAD = S.P_STATE, S.P_TFLAGS, S.P_REASS_HEAD
+_P_RCV_NXT, _P_RCV_ADV, _P_SND_UNA, _P_SND_MAX = S.P_RCV_NXT, S.P_RCV_ADV, S.P_SND_UNA, S.P_SND_MAX
+_P_SND_WND, _P_SCALE, _P_MAXSEG = S.P_SND_WND, S.P_SCALE, S.P_MAXSEG
+_Q_SND_WL1, _Q_SND_WL2, _Q_SND_MAXWND = S.Q_SND_WL1, S.Q_SND_WL2, S.Q_SND_MAXWND
+_Q_DELACK_SINCE = S.Q_DELACK_SINCE
+_TCPS_ESTABLISHED = 4  # tcp_var.TCPS_ESTABLISHED
+_TF_DELACK, _TF_FIN_PENDING = 0x0002, 0x0020  # tcp_var.TF_*
+_TH_ACK, _TH_PUSH = 0x10, 0x08
+_L4_VALID, _L4_PSEUDO = L.CSUM_DATA_VALID, L.CSUM_PSEUDO_HDR
+
+
+@kernel(types.int64(types.int64, types.int64))
+def _seq_diff(a, b):  # type: ignore[no-untyped-def]
+    """a - b as a signed 32-bit sequence-space difference (tcp_var.seq_diff)."""
+    d = (a - b) & _M32
+    return d - (1 << 32) if d >= (1 << 31) else d
+
+
+@kernel(types.int64(types.int64))
+def _fold(s):  # type: ignore[no-untyped-def]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+def _be16(seg, o):  # type: ignore[no-untyped-def]
+    return (np.int64(seg[o]) << 8) | np.int64(seg[o + 1])
+
+
+def _be32(seg, o):  # type: ignore[no-untyped-def]
+    return ((np.int64(seg[o]) << 24) | (np.int64(seg[o + 1]) << 16)
+            | (np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3]))
+
+
+_be16 = kernel(types.int64(u8_1d, types.int64))(_be16)
+_be32 = kernel(types.int64(u8_1d, types.int64))(_be32)
+
+
+@kernel(types.int64(u8_1d, u64_1d, types.int64, types.int64))
+def ones_sum(seg, seg64, start, length):  # type: ignore[no-untyped-def]
+    """The RFC 1071 sum (unfolded) of `length` bytes at `start` as big-endian 16-bit
+    words: the aligned middle 8 bytes at a time through `seg64` (the same segment
+    as u64 words), as little-endian words whose folded sum is the big-endian one
+    byte-swapped (RFC 1071 s. 2(B)), the ends byte by byte."""
+    end = start + length
+    a0 = (start + 7) & ~7
+    a1 = end & ~7
+    s = 0
+    if a1 <= a0:
+        for p in range(start, end):
+            s += np.int64(seg[p]) << 8 if ((p - start) & 1) == 0 else np.int64(seg[p])
+        return s
+    for p in range(start, a0):
+        s += np.int64(seg[p]) << 8 if ((p - start) & 1) == 0 else np.int64(seg[p])
+    for p in range(a1, end):
+        s += np.int64(seg[p]) << 8 if ((p - start) & 1) == 0 else np.int64(seg[p])
+    acc = 0
+    for w in range(a0 >> 3, a1 >> 3):
+        v = seg64[w]
+        acc += np.int64(v & np.uint64(0xFFFFFFFF)) + np.int64(v >> np.uint64(32))
+    acc = _fold(acc)
+    if ((a0 - start) & 1) == 0:
+        acc = ((acc & 0xFF) << 8) | (acc >> 8)
+    return s + acc
+
+
+@kernel(types.int64(u32_2d, _u64_2d, u8_1d, u64_1d, i64_1d, intp_1d, u32_1d, u64_1d, u32_1d,
+                    types.uint64, types.int64, types.int64, types.uint64, intp_1d, intp_1d,
+                    _i64_2d))
+def tcp4_input(mh, mq, seg, seg64, cl_base, hs, tw, tq, buckets,  # type: ignore[no-untyped-def]
+               mask, def_hiwat, delack_on, now, sids, uniq, cs):
+    """tcp_input's header-prediction case over a whole batch: in-order data segments
+    (ACK, perhaps PSH; no options) on ESTABLISHED connections, each acknowledging
+    exactly snd_una with the send window unchanged, within the receive window, with
+    nothing in reassembly and no FIN pending, the checksum verified by the NIC or
+    good in software, each IPv4 packet one mbuf on a cluster without padding.
+
+    Does what tcp_input does with them: headers stripped, the send window's
+    snd_wl1 / snd_wl2 bookkeeping, rcv_nxt advanced, sbappend (socket, stamp,
+    counters), delayed-ACK state. Returns the payload bytes, or REFUSED (nothing
+    written) for any other batch. uniq[:k] are the connections seen (k: up to a
+    -2), and cs[q, 5] says what each owes: bit 0 TF_DELACK newly set (the caller
+    notes it for the delayed-ACK timer), bit 1 an ACK at the end of the batch.
+    `sids` (n), `uniq` (n + 1) and `cs` (n x 6) are scratch.
+    """
+    n = hs.shape[0]
+    nseg = seg.shape[0]
+    nu = 0
+    for j in range(n):
+        m = hs[j]
+        c = mh[m, _W_EXT]
+        pk = np.int64(mh[m, _W_PKTLEN])
+        if mh[m, _W_NEXT] != 0 or c == 0 or np.int64(mh[m, _W_LEN]) != pk:
+            return REFUSED
+        l3 = np.int64((mh[m, _W_HDRLENS] >> 8) & 0xFFFF)
+        o = cl_base[c] + mh[m, _W_DATA]
+        if l3 < 20 or o + pk > nseg or pk < l3 + 20 or (seg[o] >> 4) != 4:
+            return REFUSED
+        tlen = _be16(seg, o + 2) - l3
+        if tlen < 20 or pk != l3 + tlen:
+            return REFUSED
+        th = o + l3
+        fl = seg[th + 13]
+        if seg[th + 12] != 0x50 or (fl != _TH_ACK and fl != (_TH_ACK | _TH_PUSH)):
+            return REFUSED
+        plen = tlen - 20
+        if plen <= 0:
+            return REFUSED
+        src = _be32(seg, o + 12)
+        dst = _be32(seg, o + 16)
+        ps = (src >> 16) + (src & 0xFFFF) + (dst >> 16) + (dst & 0xFFFF) + 6 + tlen
+        cf = mh[m, _W_CSUM_FLAGS]
+        if cf & _L4_VALID:
+            if cf & _L4_PSEUDO:
+                if mh[m, _W_CSUM_DATA] != 0xFFFF:
+                    return REFUSED
+            elif _fold(np.int64(mh[m, _W_CSUM_DATA]) + ps) != 0xFFFF:
+                return REFUSED
+        elif _fold(ps + ones_sum(seg, seg64, th, tlen)) != 0xFFFF:
+            return REFUSED
+        sport = _be16(seg, th)
+        dport = _be16(seg, th + 2)
+        seq = _be32(seg, th + 4)
+        ack = _be32(seg, th + 8)
+        win = _be16(seg, th + 14)
+        i = find4(tw, buckets, mask, _PF_TCP4, dst, dport, src, sport)
+        if i < 0:
+            return REFUSED
+        b = i * _REC_W
+        qb = i * _REC_Q
+        tf = tw[b + _P_TFLAGS]
+        if (tw[b + _P_SFLAGS] & (_SF_LISTEN | _SF_AUTO)) != 0 \
+                or tw[b + _P_STATE] != _TCPS_ESTABLISHED or (tf & _TF_FIN_PENDING) != 0 \
+                or tw[b + _P_REASS_HEAD] != 0:
+            return REFUSED
+        q = 0
+        while q < nu and uniq[q] != i:
+            q += 1
+        if q == nu:  # this connection's state as the batch goes: rcv_nxt, appended, ...
+            uniq[nu] = i
+            cs[q, 0] = tw[b + _P_RCV_NXT]
+            cs[q, 1] = np.int64(tq[qb + _Q_SB_APPENDED])
+            cs[q, 2] = 1 if (tf & _TF_DELACK) != 0 else 0
+            cs[q, 3] = np.int64(tq[qb + _Q_SND_WL1])
+            cs[q, 4] = np.int64(tq[qb + _Q_SND_WL2])
+            cs[q, 5] = 0
+            nu += 1
+        nxt = cs[q, 0]
+        if seq != nxt or _seq_diff(ack, np.int64(tw[b + _P_SND_MAX])) > 0 \
+                or ack != tw[b + _P_SND_UNA] \
+                or (win << (tw[b + _P_SCALE] & 0xFF)) != tw[b + _P_SND_WND]:
+            return REFUSED
+        hiwat = np.int64(tw[b + _P_SB_HIWAT])
+        if hiwat == 0:
+            hiwat = def_hiwat
+        space = hiwat - (cs[q, 1] - np.int64(tq[qb + _Q_SB_REMOVED]))
+        rcv_wnd = max(space, _seq_diff(np.int64(tw[b + _P_RCV_ADV]), nxt), 0)
+        if _seq_diff((seq + plen) & _M32, (nxt + rcv_wnd) & _M32) > 0:
+            return REFUSED
+        wl1 = cs[q, 3]
+        if wl1 == 0 or _seq_diff(seq, wl1 & _M32) > 0 or (
+                seq == (wl1 & _M32) and _seq_diff(ack, cs[q, 4] & _M32) >= 0):
+            cs[q, 3] = _WL_SET | seq
+            cs[q, 4] = _WL_SET | ack
+        cs[q, 0] = (nxt + plen) & _M32
+        cs[q, 1] += plen
+        if delack_on != 0 and plen <= tw[b + _P_MAXSEG] and cs[q, 2] == 0:
+            cs[q, 2] = 1
+            cs[q, 5] |= 1
+        else:
+            cs[q, 5] |= 2
+        sids[j] = i
+    total = 0
+    for j in range(n):  # commit, segment by segment, as tcp_input does
+        m = hs[j]
+        i = sids[j]
+        b = i * _REC_W
+        qb = i * _REC_Q
+        l3 = np.int64((mh[m, _W_HDRLENS] >> 8) & 0xFFFF)
+        o = cl_base[mh[m, _W_EXT]] + mh[m, _W_DATA]
+        th = o + l3
+        plen = _be16(seg, o + 2) - l3 - 20
+        seq = _be32(seg, th + 4)
+        ack = _be32(seg, th + 8)
+        newwnd = _be16(seg, th + 14) << (tw[b + _P_SCALE] & 0xFF)
+        hl = np.uint32(l3 + 20)
+        mh[m, _W_DATA] += hl
+        mh[m, _W_LEN] -= hl
+        mh[m, _W_PKTLEN] -= hl
+        wl1 = np.int64(tq[qb + _Q_SND_WL1])
+        if wl1 == 0 or _seq_diff(seq, wl1 & _M32) > 0 or (
+                seq == (wl1 & _M32)
+                and _seq_diff(ack, np.int64(tq[qb + _Q_SND_WL2]) & _M32) >= 0):
+            tw[b + _P_SND_WND] = np.uint32(newwnd)
+            tq[qb + _Q_SND_WL1] = np.uint64(_WL_SET | seq)
+            tq[qb + _Q_SND_WL2] = np.uint64(_WL_SET | ack)
+            if newwnd > np.int64(tq[qb + _Q_SND_MAXWND]):
+                tq[qb + _Q_SND_MAXWND] = np.uint64(newwnd)
+        tw[b + _P_RCV_NXT] = np.uint32((seq + plen) & _M32)
+        mh[m, _W_SOCKID] = np.uint32(i + 1)
+        mq[m, _Q_TS_SOCKET] = now
+        tq[qb + _Q_SB_APPENDED] += np.uint64(plen)
+        tq[qb + _Q_RCVPACK] += np.uint64(1)
+        tq[qb + _Q_RCVBYTE] += np.uint64(plen)
+        if delack_on != 0 and plen <= tw[b + _P_MAXSEG] and (tw[b + _P_TFLAGS] & _TF_DELACK) == 0:
+            tw[b + _P_TFLAGS] |= np.uint32(_TF_DELACK)
+            tq[qb + _Q_DELACK_SINCE] = now
+        total += plen
+    uniq[nu] = -2
+    return total

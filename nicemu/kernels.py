@@ -1,0 +1,86 @@
+"""Compiled kernel of the NIC's receive DMA: frames into posted buffers, pkthdr written.
+
+Why it exists: the DMA of a batch was a Python loop of one slice copy per
+frame plus, for the descriptor write-back, whole-batch numpy assignments (or
+word-by-word writes for small batches): about 2 us of NIC time per 64-byte
+frame at batch 32, the largest share of the CPU a packet costs in the
+runtime (docs/BENCHMARKS.md). The kernel does the same in one pass: for
+each frame, the copy into its cluster (the one copy on the receive side
+before the socket's copyout), the length and pkthdr words of its descriptor
+(RSS hash and type, receiving interface, the checksum verdict when the NIC
+reports it), the DMA stamp (and the wire stamp when given), and the tallies
+the NIC's counters need.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dispatch.jit import i64_1d, intp_1d, kernel, types, u8_1d, u32_2d, u64_1d
+from dispatch.mbuf import layout as L
+from nicemu import offload as off
+
+_u64_2d = types.uint64[:, ::1]
+_ro_u8 = types.Array(types.uint8, 1, "C", readonly=True)
+_W_DATA, _W_LEN, _W_EXT, _W_PKTLEN = L.W_DATA, L.W_LEN, L.W_EXT, L.W_PKTLEN
+_W_CSUM_FLAGS, _W_CSUM_DATA = L.W_CSUM_FLAGS, L.W_CSUM_DATA
+_Q_DMA = L.Q_TS + L.TS_DMA
+_Q_WIRE = L.Q_TS + L.TS_WIRE
+_L3_OK, _L3_BAD = off.RX_L3_OK, off.RX_L3_BAD
+_L4_OK, _L4_BAD = off.RX_L4_OK, off.RX_L4_BAD
+
+#: stamp_kind: no wire stamp, one for every frame (stamps[0]), one per frame (stamps[row])
+STAMP_NONE, STAMP_ONE, STAMP_EACH = 0, 1, 2
+
+
+def _dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignore[no-untyped-def]
+            report, now, stamps, stamp_kind, tally):
+    """Frame rows[j] (its bytes data[doff[r] : doff[r] + blk[r, 0]]) into buffer
+    handles[j]; blk rows are (len, flowid, rsstype, rcvif, csum_flags, csum_data).
+    tally[:] = bytes, L4 verified ok, L4 bad, L3 bad (from the verdicts, reported
+    or not)."""
+    k = handles.shape[0]
+    nbytes = 0
+    ok = 0
+    l4bad = 0
+    l3bad = 0
+    for j in range(k):
+        r = rows[j]
+        m = handles[j]
+        ln = np.int64(blk[r, 0])
+        o = cl_base[mh[m, _W_EXT]] + mh[m, _W_DATA]
+        s = doff[r]
+        seg[o : o + ln] = data[s : s + ln]
+        mh[m, _W_LEN] = blk[r, 0]
+        for w in range(4):
+            mh[m, _W_PKTLEN + w] = blk[r, w]
+        f = blk[r, 4]
+        if report != 0:
+            mh[m, _W_CSUM_FLAGS] = f
+            mh[m, _W_CSUM_DATA] = blk[r, 5]
+        else:
+            mh[m, _W_CSUM_FLAGS] = 0
+            mh[m, _W_CSUM_DATA] = 0
+        mq[m, _Q_DMA] = now
+        if stamp_kind == STAMP_ONE:
+            mq[m, _Q_WIRE] = stamps[0]
+        elif stamp_kind == STAMP_EACH:
+            mq[m, _Q_WIRE] = stamps[r]
+        nbytes += ln
+        l4 = f & _L4_OK
+        if l4 == _L4_OK:
+            ok += 1
+        elif l4 == _L4_BAD:
+            l4bad += 1
+        if (f & _L3_OK) == _L3_BAD:
+            l3bad += 1
+    tally[0] = nbytes
+    tally[1] = ok
+    tally[2] = l4bad
+    tally[3] = l3bad
+
+
+dma_rx = kernel(*(types.void(u32_2d, _u64_2d, u8_1d, i64_1d, intp_1d, d, i64_1d, u32_2d, intp_1d,
+                             types.int64, types.uint64, u64_1d, types.int64, i64_1d)
+                  for d in (u8_1d, _ro_u8)))(_dma_rx)
+dma_rx.__doc__ = _dma_rx.__doc__
