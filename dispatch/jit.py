@@ -71,7 +71,7 @@ import numba  # noqa: E402
 import numpy as np  # noqa: E402  (after the cache directory is chosen: numba reads it at import)
 from numba import types  # noqa: E402
 
-__all__ = ["kernel", "types", "u8_1d", "u16_1d", "u32_1d", "u32_2d", "u64_1d", "u64_2d",
+__all__ = ["helper", "kernel", "types", "u8_1d", "u16_1d", "u32_1d", "u32_2d", "u64_1d", "u64_2d",
            "i64_1d", "intp_1d"]
 
 #: array types of the kernels' signatures (C-contiguous, writable)
@@ -97,6 +97,15 @@ def kernel(*signatures: Any) -> Callable[[_F], _F]:
                           boundscheck=False, error_model="numpy")(fn)
 
     return wrap
+
+
+def helper(fn: _F) -> _F:
+    """A function called only from kernels (a sequence comparison, a checksum fold):
+    compiled as part of each kernel that calls it, for the types it is called with,
+    instead of separately for signatures of its own (compile time is paid per
+    signature: about 25 s for every kernel on a fresh machine). Callable from
+    Python too (compiled lazily on the first such call), as tests do."""
+    return numba.njit(nogil=True, boundscheck=False, error_model="numpy")(fn)  # type: ignore[no-any-return]
 
 
 @kernel(types.int64(i64_1d))

@@ -100,7 +100,9 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
 
 
 # handles as intp or u32, writable or not (a batch decoded straight off a message is read-only)
-_HS = (intp_1d, u32_1d, types.Array(types.intp, 1, "C", readonly=True),
+# (declared read-only: writable arrays match too, at the same call cost, and each
+# signature costs its own compile time)
+_HS = (types.Array(types.intp, 1, "C", readonly=True),
        types.Array(types.uint32, 1, "C", readonly=True))
 freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, _bc_t, i64_1d, i64_1d, types.uint32,
                                   types.uint64) for h in _HS))(_freem_fast)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from dispatch.jit import i64_1d, intp_1d, kernel, types, u8_1d, u32_1d, u32_2d, u64_1d
+from dispatch.jit import helper, i64_1d, intp_1d, kernel, types, u8_1d, u32_1d, u32_2d, u64_1d
 from dispatch.mbuf import layout as L
 from dispatch.stages import socktab as S
 
@@ -236,7 +236,8 @@ def soreceive(mh, mq, seg, cl_base, hs, uio, tq, now, out):  # type: ignore[no-u
         m = hs[j]
         k = np.int64(mh[m, _W_PKTLEN])
         o = cl_base[mh[m, _W_EXT]] + mh[m, _W_DATA]
-        uio[:k] = seg[o : o + k]  # the copyout
+        for t in range(k):  # the copyout (a loop: LLVM makes it a copy; a slice
+            uio[t] = seg[o + t]  # assignment costs seconds of compile time here)
         mq[m, _Q_TS_USER] = now
         qb = (np.int64(mh[m, _W_SOCKID]) - 1) * _REC_Q
         tq[qb + _Q_SB_REMOVED] += np.uint64(k)
@@ -368,31 +369,31 @@ _TH_ACK, _TH_PUSH = 0x10, 0x08
 _L4_VALID, _L4_PSEUDO = L.CSUM_DATA_VALID, L.CSUM_PSEUDO_HDR
 
 
-@kernel(types.int64(types.int64, types.int64))
+@helper
 def _seq_diff(a, b):  # type: ignore[no-untyped-def]
     """a - b as a signed 32-bit sequence-space difference (tcp_var.seq_diff)."""
     d = (a - b) & _M32
     return d - (1 << 32) if d >= (1 << 31) else d
 
 
-@kernel(types.int64(types.int64))
+@helper
 def _fold(s):  # type: ignore[no-untyped-def]
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
     return s
 
 
+@helper
 def _be16(seg, o):  # type: ignore[no-untyped-def]
     return (np.int64(seg[o]) << 8) | np.int64(seg[o + 1])
 
 
+@helper
 def _be32(seg, o):  # type: ignore[no-untyped-def]
     return ((np.int64(seg[o]) << 24) | (np.int64(seg[o + 1]) << 16)
             | (np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3]))
 
 
-_be16 = kernel(types.int64(u8_1d, types.int64))(_be16)
-_be32 = kernel(types.int64(u8_1d, types.int64))(_be32)
 
 
 @kernel(types.int64(u8_1d, u64_1d, types.int64, types.int64))
