@@ -18,4 +18,12 @@ memory, since in the hybrid model a flow's packets may be handled by the
 interrupt thread for one batch and by a netisr worker for the next) and
 `route` (longest-prefix match, neighbours). `all` imports every stage so the
 registry is complete.
+
+The trade-off taken for speed: a stage's common case over a whole batch
+(untagged unicast frames, plain IPv4 for this host, UDP to a socket with
+room, in-order TCP data on an established connection, a copyout) runs as one
+compiled pass (`kernels`, numba), all or nothing; anything unusual in the
+batch sends it through the per-packet Python code, which stays the
+reference the tests hold the compiled passes to, packet for packet and
+counter for counter.
 """
