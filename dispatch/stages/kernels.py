@@ -45,6 +45,42 @@ _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 REFUSED = -1
 
 
+@helper
+def _seq_diff(a, b):  # type: ignore[no-untyped-def]
+    """a - b as a signed 32-bit sequence-space difference (tcp_var.seq_diff)."""
+    d = (a - b) & _M32
+    return d - (1 << 32) if d >= (1 << 31) else d
+
+
+@helper
+def _fold(s):  # type: ignore[no-untyped-def]
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    return s
+
+
+@helper
+def _be16(seg, o):  # type: ignore[no-untyped-def]
+    return (np.int64(seg[o]) << 8) | np.int64(seg[o + 1])
+
+
+@helper
+def _be32(seg, o):  # type: ignore[no-untyped-def]
+    return ((np.int64(seg[o]) << 24) | (np.int64(seg[o + 1]) << 16)
+            | (np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3]))
+
+
+
+
+@helper
+def _is_one_of(local, a):  # type: ignore[no-untyped-def]
+    """Whether address `a` is in the array `local`."""
+    for q in range(local.shape[0]):
+        if np.int64(local[q]) == a:
+            return True
+    return False
+
+
 @kernel(types.int64(u32_1d, u32_1d, types.uint64, types.int64, types.int64, types.int64,
                     types.int64, types.int64))
 def find4(tw, buckets, mask, pf, la, lp, fa, fp):  # type: ignore[no-untyped-def]
@@ -119,7 +155,6 @@ def udp4_input(mh, mq, seg, cl_base, hs, e, max_frame,  # type: ignore[no-untype
     last_sid = -1
     last_key_a = -1
     last_key_b = -1
-    nloc = local.shape[0]
     for j in range(n):
         m = hs[j]
         if (mh[m, _W_PKTLEN] != p0 or mh[m, _W_LEN] != p0 or mh[m, _W_NEXT] != 0
@@ -147,22 +182,14 @@ def udp4_input(mh, mq, seg, cl_base, hs, e, max_frame,  # type: ignore[no-untype
             return REFUSED
         if ((np.int64(seg[a + 24]) << 8) | np.int64(seg[a + 25])) != ip_len - 20:
             return REFUSED
-        src = ((np.int64(seg[a + 12]) << 24) | (np.int64(seg[a + 13]) << 16)
-               | (np.int64(seg[a + 14]) << 8) | np.int64(seg[a + 15]))
-        dst = ((np.int64(seg[a + 16]) << 24) | (np.int64(seg[a + 17]) << 16)
-               | (np.int64(seg[a + 18]) << 8) | np.int64(seg[a + 19]))
+        src = _be32(seg, a + 12)
+        dst = _be32(seg, a + 16)
         if (src >> 24) == 127 or (dst127 != 0 and (dst >> 24) == 127):
             return REFUSED
-        if local_exact != 0:
-            found = False
-            for q in range(nloc):
-                if np.int64(local[q]) == dst:
-                    found = True
-                    break
-            if not found:
-                return REFUSED
-        sport = (np.int64(seg[a + 20]) << 8) | np.int64(seg[a + 21])
-        dport = (np.int64(seg[a + 22]) << 8) | np.int64(seg[a + 23])
+        if local_exact != 0 and not _is_one_of(local, dst):
+            return REFUSED
+        sport = _be16(seg, a + 20)
+        dport = _be16(seg, a + 22)
         ka = (dst << 32) | src
         kb = (dport << 16) | sport
         if ka == last_key_a and kb == last_key_b:
@@ -303,7 +330,6 @@ def ip4_input(mh, seg, cl_base, hs, local, local_check, proto):  # type: ignore[
     proto[j] = the packet's protocol. Returns 0, or REFUSED (nothing written)."""
     n = hs.shape[0]
     nseg = seg.shape[0]
-    nloc = local.shape[0]
     for j in range(n):
         m = hs[j]
         c = mh[m, _W_EXT]
@@ -332,16 +358,8 @@ def ip4_input(mh, seg, cl_base, hs, local, local_check, proto):  # type: ignore[
                 s += (np.int64(seg[o + 2 * k]) << 8) | np.int64(seg[o + 2 * k + 1])
             if s % 0xFFFF != 0:
                 return REFUSED
-        if local_check != 0:
-            dst = ((np.int64(seg[o + 16]) << 24) | (np.int64(seg[o + 17]) << 16)
-                   | (np.int64(seg[o + 18]) << 8) | np.int64(seg[o + 19]))
-            found = False
-            for q in range(nloc):
-                if np.int64(local[q]) == dst:
-                    found = True
-                    break
-            if not found:
-                return REFUSED
+        if local_check != 0 and not _is_one_of(local, _be32(seg, o + 16)):
+            return REFUSED
         proto[j] = p
     for j in range(n):
         m = hs[j]
@@ -367,33 +385,6 @@ _TCPS_ESTABLISHED = 4  # tcp_var.TCPS_ESTABLISHED
 _TF_DELACK, _TF_FIN_PENDING = 0x0002, 0x0020  # tcp_var.TF_*
 _TH_ACK, _TH_PUSH = 0x10, 0x08
 _L4_VALID, _L4_PSEUDO = L.CSUM_DATA_VALID, L.CSUM_PSEUDO_HDR
-
-
-@helper
-def _seq_diff(a, b):  # type: ignore[no-untyped-def]
-    """a - b as a signed 32-bit sequence-space difference (tcp_var.seq_diff)."""
-    d = (a - b) & _M32
-    return d - (1 << 32) if d >= (1 << 31) else d
-
-
-@helper
-def _fold(s):  # type: ignore[no-untyped-def]
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-@helper
-def _be16(seg, o):  # type: ignore[no-untyped-def]
-    return (np.int64(seg[o]) << 8) | np.int64(seg[o + 1])
-
-
-@helper
-def _be32(seg, o):  # type: ignore[no-untyped-def]
-    return ((np.int64(seg[o]) << 24) | (np.int64(seg[o + 1]) << 16)
-            | (np.int64(seg[o + 2]) << 8) | np.int64(seg[o + 3]))
-
-
 
 
 @kernel(types.int64(u8_1d, u64_1d, types.int64, types.int64))
