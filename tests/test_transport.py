@@ -441,3 +441,23 @@ def test_two_attached_generators_drive_one_host(keys: Path) -> None:
     assert doc["delivered"] == 1000
     per = doc["source"]["per_source"]
     assert [p["handshakes"] for p in per] == [2, 2]
+
+
+def test_an_attached_role_that_never_beats_after_hello_is_lost(tmp_path: Path) -> None:
+    """Gone between its hello and its first heartbeat (the race that once left a
+    run waiting 30 s for 'ready'): lost once the timeout passes from the hello."""
+    import time
+
+    from dispatch.runtime.launcher import AttachedLauncher
+
+    al = AttachedLauncher(f"ipc://{tmp_path}/hb", "run-x", timeout_s=0.2)
+    try:
+        a = al.expect("trafgen0")
+        assert al.dead() == []  # no hello yet: nothing is due
+        a.hello_at = time.monotonic()
+        assert al.dead() == []
+        time.sleep(0.3)
+        (name, why), = al.dead()
+        assert name == "trafgen0" and why.startswith("no heartbeat for")
+    finally:
+        al.close()

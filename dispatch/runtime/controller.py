@@ -210,8 +210,10 @@ class Controller:
                         same = (msg.get("boot"), msg.get("pidns")) == (me["boot"], me["pidns"])
                         self.pids[name] = int(msg["pid"]) if same and me["pidns"] else None
                         if self.attached is not None:
-                            self.attached.roles[name].pid = self.pids[name]
-                            self.attached.roles[name].addr = s.addrs.get(name)
+                            a = self.attached.roles[name]
+                            a.pid = self.pids[name]
+                            a.addr = s.addrs.get(name)
+                            a.hello_at = time.monotonic()
                     break
             if not pending:
                 break

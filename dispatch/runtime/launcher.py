@@ -171,6 +171,7 @@ class Attached:
     pid: int | None = None  # valid in this PID namespace, else None
     addr: str | None = None
     last_seen: float | None = None
+    hello_at: float | None = None  # when it said hello (its heartbeats are due from then)
 
 
 class AttachedLauncher:
@@ -234,8 +235,10 @@ class AttachedLauncher:
         """(name, why) of every attached role whose heartbeats stopped."""
         now = time.monotonic()
         out = []
-        for name in self.roles:
-            seen = self.beats.get(name)
+        for name, a in self.roles.items():
+            # a role that said hello and then never beat (gone before its heartbeat
+            # connected) is as lost as one whose beats stopped
+            seen = self.beats.get(name, a.hello_at)
             if seen is not None and now - seen > self.timeout_s:
                 out.append((name, f"no heartbeat for {now - seen:.1f} s "
                                   f"(limit {self.timeout_s:g} s)"))
