@@ -72,7 +72,7 @@ import numpy as np  # noqa: E402  (after the cache directory is chosen: numba re
 from numba import types  # noqa: E402
 
 __all__ = ["helper", "kernel", "types", "u8_1d", "u16_1d", "u32_1d", "u32_2d", "u64_1d", "u64_2d",
-           "i64_1d", "intp_1d"]
+           "i64_1d", "i64_2d", "intp_1d", "intp_2d", "ro_u8_1d", "ro_u32_1d", "ro_intp_1d"]
 
 #: array types of the kernels' signatures (C-contiguous, writable)
 u8_1d = types.uint8[::1]
@@ -82,7 +82,14 @@ u32_2d = types.uint32[:, ::1]
 u64_1d = types.uint64[::1]
 u64_2d = types.uint64[:, ::1]
 i64_1d = types.int64[::1]
+i64_2d = types.int64[:, ::1]
 intp_1d = types.intp[::1]
+intp_2d = types.intp[:, ::1]
+#: read-only ones, for arrays a kernel only reads: writable arrays match them too (at
+#: the same call cost), and each signature a kernel has costs its own compile time
+ro_u8_1d = types.Array(types.uint8, 1, "C", readonly=True)
+ro_u32_1d = types.Array(types.uint32, 1, "C", readonly=True)
+ro_intp_1d = types.Array(types.intp, 1, "C", readonly=True)
 
 
 def kernel(*signatures: Any) -> Callable[[_F], _F]:

@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from dispatch.jit import i64_1d, intp_1d, kernel, types, u8_1d, u32_2d, u64_1d
+from dispatch.jit import i64_1d, intp_1d, kernel, ro_u8_1d, types, u8_1d, u32_2d, u64_1d, u64_2d
 from dispatch.mbuf import layout as L
 from nicemu import offload as off
 
-_u64_2d = types.uint64[:, ::1]
-_ro_u8 = types.Array(types.uint8, 1, "C", readonly=True)
 _W_DATA, _W_LEN, _W_EXT, _W_PKTLEN = L.W_DATA, L.W_LEN, L.W_EXT, L.W_PKTLEN
 _W_CSUM_FLAGS, _W_CSUM_DATA = L.W_CSUM_FLAGS, L.W_CSUM_DATA
 _Q_DMA = L.Q_TS + L.TS_DMA
@@ -33,8 +31,10 @@ _L4_OK, _L4_BAD = off.RX_L4_OK, off.RX_L4_BAD
 STAMP_NONE, STAMP_ONE, STAMP_EACH = 0, 1, 2
 
 
-def _dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignore[no-untyped-def]
-            report, now, stamps, stamp_kind, tally):
+@kernel(types.void(u32_2d, u64_2d, u8_1d, i64_1d, intp_1d, ro_u8_1d, i64_1d, u32_2d, intp_1d,
+                   types.int64, types.uint64, u64_1d, types.int64, i64_1d))
+def dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignore[no-untyped-def]
+           report, now, stamps, stamp_kind, tally):
     """Frame rows[j] (its bytes data[doff[r] : doff[r] + blk[r, 0]]) into buffer
     handles[j]; blk rows are (len, flowid, rsstype, rcvif, csum_flags, csum_data).
     tally[:] = bytes, L4 verified ok, L4 bad, L3 bad (from the verdicts, reported
@@ -80,8 +80,3 @@ def _dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignor
     tally[2] = l4bad
     tally[3] = l3bad
 
-
-dma_rx = kernel(*(types.void(u32_2d, _u64_2d, u8_1d, i64_1d, intp_1d, d, i64_1d, u32_2d, intp_1d,
-                             types.int64, types.uint64, u64_1d, types.int64, i64_1d)
-                  for d in (_ro_u8,)))(_dma_rx)  # (read-only: writable data matches too)
-dma_rx.__doc__ = _dma_rx.__doc__

@@ -285,7 +285,6 @@ class Nic:
         c.txq_packets = [0] * cfg.tx_queues
         #: buffers posted to each rx queue (handles), taken from the front
         self._posted: list[npt.NDArray[np.intp]] = [_EMPTY] * nq
-        #: data offsets (in the pool segment) of the posted buffers, parallel to _posted
         self._blk_tmpl = Classified.empty(64, cfg.ifindex).blk
         self._closed = False
         self.refill_all()

@@ -19,7 +19,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from dispatch.jit import i64_1d, intp_1d, kernel, types, u8_1d, u32_1d, u32_2d, u64_1d
+from dispatch.jit import (
+    i64_1d,
+    intp_1d,
+    intp_2d,
+    kernel,
+    ro_intp_1d,
+    ro_u32_1d,
+    types,
+    u8_1d,
+    u32_1d,
+    u32_2d,
+    u64_1d,
+    u64_2d,
+)
 
 from . import layout as L
 
@@ -28,11 +41,11 @@ _W_OWNER = L.W_OWNER
 _W_EXT = L.W_EXT
 _ST_SHIFT = L.STATE_SHIFT
 _ST_INUSE = L.ST_INUSE
+_Q_TS = L.Q_TS
 _LOW32 = np.uint64(0xFFFFFFFF)
-_bc_t = types.intp[:, ::1]
 
 
-@kernel(types.int64(u32_2d, u64_1d, _bc_t, i64_1d, types.int64, types.int64, u32_1d,
+@kernel(types.int64(u32_2d, u64_1d, intp_2d, i64_1d, types.int64, types.int64, u32_1d,
                     types.uint64, intp_1d))
 def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out):  # type: ignore[no-untyped-def]
     """Take n mbufs and n zone-z clusters from the batch caches, write each mbuf's
@@ -100,11 +113,8 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
 
 
 # handles as intp or u32, writable or not (a batch decoded straight off a message is read-only)
-# (declared read-only: writable arrays match too, at the same call cost, and each
-# signature costs its own compile time)
-_HS = (types.Array(types.intp, 1, "C", readonly=True),
-       types.Array(types.uint32, 1, "C", readonly=True))
-freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, _bc_t, i64_1d, i64_1d, types.uint32,
+_HS = (ro_intp_1d, ro_u32_1d)  # handle batches: intp or u32 (as decoded off a message)
+freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, intp_2d, i64_1d, i64_1d, types.uint32,
                                   types.uint64) for h in _HS))(_freem_fast)
 freem_fast.__doc__ = """Free a batch of one-mbuf packets into the batch caches: every head in
 use and unchained, either all without clusters or all on unshared clusters
@@ -114,7 +124,7 @@ else a bit mask of the zones whose cache now holds more than its maximum
 (the caller flushes a bucket of each to the global stack)."""
 
 
-@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, _bc_t, i64_1d, types.int64,
+@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, intp_2d, i64_1d, types.int64,
                     types.uint32))
 def stack_pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag):  # type: ignore[no-untyped-def]
     """Move up to `want` handles from the top of zone z's global free stack onto our
@@ -136,7 +146,7 @@ def stack_pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag):  # type: ig
     return k
 
 
-@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, _bc_t, i64_1d, types.int64))
+@kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, intp_2d, i64_1d, types.int64))
 def stack_push(mh, meta64, stack, tops, z, bc, bn, k):  # type: ignore[no-untyped-def]
     """Move the top k handles of our zone-z batch cache onto zone z's global free
     stack, tagging each free (owner word 0). The caller holds the zone lock."""
@@ -166,10 +176,8 @@ def _adopt(mh, mq, hs, tag, slot, now, out):  # type: ignore[no-untyped-def]
             out[j, t] = mq[m, _Q_TS + t]
 
 
-_Q_TS = L.Q_TS
-_u64_2d = types.uint64[:, ::1]
-adopt = kernel(*(types.void(u32_2d, _u64_2d, h, types.uint32, types.int64, types.uint64,
-                            _u64_2d) for h in _HS))(_adopt)
+adopt = kernel(*(types.void(u32_2d, u64_2d, h, types.uint32, types.int64, types.uint64,
+                            u64_2d) for h in _HS))(_adopt)
 adopt.__doc__ = """Take ownership of received packets (retag their head mbufs as ours), as a
 role does when a batch reaches it; with slot >= 0 also stamp that timestamp
 slot with `now`; copy each packet's timestamps into out[j, :out.shape[1]]

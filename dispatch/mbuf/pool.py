@@ -61,7 +61,7 @@ REF_LOCK_BASE = 8  # lock bytes 9..12 guard shared-cluster refcounts per zone
 
 
 _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
-_HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what freem_fast is compiled for
+_HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what the batch kernels take
 
 
 def _handles(handles: Sequence[int] | np.ndarray | memoryview) -> np.ndarray:
@@ -261,10 +261,8 @@ class MbufPool:
             self.cl_base.extend(range(g.data_off[z], g.data_off[z] + counts[z] * size, size))
         self._cl_zone_np = np.array(zone_np, dtype=np.uint8)
         # column views of the mbuf headers, for batch operations with intp indices
-        self._next_col = self._mh[:, L.W_NEXT]
         self._own_col = self._mh[:, L.W_OWNER]
         self._ext_col = self._mh[:, L.W_EXT]
-        self._state16 = self._mh.view(np.uint16)[:, 2 * L.W_OWNER + 1]  # little-endian
         self._zone_locks = [OfdLock(fd, z) for z in range(L.NZONES)]
         self._ref_locks = [OfdLock(fd, REF_LOCK_BASE + z) for z in range(L.NZONES)]
         self._owner_lock = OfdLock(fd, LOCK_OWNERS)
@@ -382,7 +380,7 @@ class MbufPool:
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
         del self._meta64
-        del self._next_col, self._own_col, self._ext_col, self._state16
+        del self._own_col, self._ext_col
         self._seg_np = self._seg64_np = None
         del self._tops_np
         self.buf.release()
@@ -662,16 +660,13 @@ class MbufPool:
         del c[len(c) - k :]
         return out
 
-    def freem_batch(self, handles: Sequence[int] | np.ndarray, *,
-                    heads: np.ndarray | None = None) -> None:
+    def freem_batch(self, handles: Sequence[int] | np.ndarray | memoryview) -> None:
         """Free a batch of packets.
 
         The common case, each packet one mbuf, all without clusters or all on
         unshared clusters of one zone, is one compiled pass (kernels.freem_fast);
         anything else (chains, shared clusters, mixed zones, a double free that
-        freem reports) goes packet by packet through freem. `heads` (the batch's
-        header rows as a caller has just read them) is accepted for callers that
-        have them; the compiled pass reads the headers itself.
+        freem reports) goes packet by packet through freem.
         """
         n = len(handles)
         if not n:

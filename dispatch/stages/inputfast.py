@@ -20,9 +20,11 @@ packet one mbuf on a cluster, the same frame length and the same checksum
 flags on all (IPv4 and UDP verified by the NIC), untagged unicast IPv4
 without options or fragments, for this host, UDP with consistent lengths,
 every socket found with room for its packets. Anything else returns None
-having changed nothing, and the Runner runs the stages one by one: the results (routed handles,
-header words, counters, drop reasons, socket counters) are identical, which
-tests/test_stages_inputfast.py holds it to on random mixed batches.
+having changed nothing, and the Runner runs the stages one by one: the
+results (routed handles, header words, counters, drop reasons, socket
+counters) are identical, which tests/test_stages_inputfast.py holds it to on
+random mixed batches. The host's addresses are taken as ip_input's compiled
+path takes them (`ip._fast_local`).
 """
 
 from __future__ import annotations
@@ -34,34 +36,13 @@ from dispatch.packet.ether import ETHER_HDR_LEN
 from dispatch.stages import kernels as _k
 from dispatch.stages.base import ETHER_INPUT, IP_INPUT, SORECEIVE, UDP_INPUT, Ctx, Routed, fusion
 from dispatch.stages.ether import _max_frame
-from dispatch.stages.ip import _local4_ints
+from dispatch.stages.ip import _fast_local
 from dispatch.stages.socktab import SocketTable
 
 __all__ = ["udp4_input_fused"]
 
 _MAXN = 4096
 _OFFL = L.CSUM_DATA_VALID | L.CSUM_PSEUDO_HDR
-
-
-def _addresses(ctx: Ctx) -> tuple[np.ndarray, int, int] | None:
-    """(local addresses as u32, whether the destination must be one of them, whether
-    a loopback destination refuses), or None when nothing can take this path (a
-    local address in 127/8, which ip_input's fast path refuses too). Cached against
-    the address set and the config: one dict probe per batch."""
-    local4 = _local4_ints(ctx)
-    extra = ctx.extra
-    cached = extra.get("_udp4_fused_addrs")
-    if cached is not None and cached[0] is local4 and cached[1] is ctx.config:
-        return cached[2]
-    out: tuple[np.ndarray, int, int] | None
-    if ctx.config.auto_sockets:  # every destination is ours
-        out = (np.zeros(0, np.uint32), 0, 1)
-    elif any(a >> 24 == 127 for a in local4):
-        out = None
-    else:
-        out = (np.array(sorted(local4), dtype=np.uint32), 1, 0 if len(local4) == 1 else 1)
-    extra["_udp4_fused_addrs"] = (local4, ctx.config, out)
-    return out
 
 
 @fusion(ETHER_INPUT, IP_INPUT, UDP_INPUT)
@@ -81,16 +62,13 @@ def udp4_input_fused(ctx: Ctx, batch: list[int], entry: str) -> Routed | None:
     c0 = w[b0 + L.W_EXT]  # the first packet not UDP (a TCP batch): no kernel call for it
     if not c0 or pool.buf[pool.cl_base[c0] + w[b0 + L.W_DATA] + e + 9] != 17:
         return None
-    addrs = _addresses(ctx)
-    if addrs is None:
-        return None
-    local, local_exact, dst127 = addrs
+    local, check = _fast_local(ctx)
     p0 = w[b0 + L.W_PKTLEN]
     tab: SocketTable = ctx.sockets
     scratch = _scratch(ctx, n)
     nosum = _k.udp4_input(pool.headers, pool.stamps64, pool.segment, pool.cluster_base,
                           np.array(batch, dtype=np.intp), e, _max_frame(ctx) if e else 0,
-                          local, local_exact, dst127, tab.np_w, tab.np_buckets, tab.np_q,
+                          local, check, tab.np_w, tab.np_buckets, tab.np_q,
                           tab.np_mask, ctx.config.sb_hiwat, ctx.now, *scratch)
     if nosum < 0:
         return None

@@ -17,11 +17,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from dispatch.jit import helper, i64_1d, intp_1d, kernel, types, u8_1d, u32_1d, u32_2d, u64_1d
+from dispatch.jit import (
+    helper,
+    i64_1d,
+    i64_2d,
+    intp_1d,
+    kernel,
+    types,
+    u8_1d,
+    u32_1d,
+    u32_2d,
+    u64_1d,
+    u64_2d,
+)
 from dispatch.mbuf import layout as L
 from dispatch.stages import socktab as S
-
-_u64_2d = types.uint64[:, ::1]
 
 _W_NEXT, _W_DATA, _W_LEN, _W_EXT = L.W_NEXT, L.W_DATA, L.W_LEN, L.W_EXT
 _W_PKTLEN, _W_CSUM_FLAGS, _W_CSUM_DATA = L.W_PKTLEN, L.W_CSUM_FLAGS, L.W_CSUM_DATA
@@ -122,18 +132,17 @@ def lookup4(tw, buckets, mask, pf, la, lp, fa, fp):  # type: ignore[no-untyped-d
     return i
 
 
-@kernel(types.int64(u32_2d, _u64_2d, u8_1d, i64_1d, intp_1d, types.int64, types.int64,
-                    u32_1d, types.int64, types.int64, u32_1d, u32_1d, u64_1d, types.uint64,
+@kernel(types.int64(u32_2d, u64_2d, u8_1d, i64_1d, intp_1d, types.int64, types.int64,
+                    u32_1d, types.int64, u32_1d, u32_1d, u64_1d, types.uint64,
                     types.int64, types.uint64, intp_1d, intp_1d, i64_1d))
 def udp4_input(mh, mq, seg, cl_base, hs, e, max_frame,  # type: ignore[no-untyped-def]
-               local, local_exact, dst127, tw, buckets, tq, mask, def_hiwat, now,
-               sids, uniq, cnt):
+               local, local_check, tw, buckets, tq, mask, def_hiwat, now, sids, uniq, cnt):
     """ether_input (e = 14) or not (e = 0) + ip_input + udp_input + sbappend over
     a whole batch of the homogeneous common case (see inputfast.py), or REFUSED.
 
-    `local` holds the host's addresses (sorted; empty in auto-sockets mode, where
-    every destination is ours), `local_exact` says the destination must be one of
-    them, `dst127` whether a loopback destination refuses. Returns the number of
+    `local` holds the host's addresses and `local_check` says the destination must
+    be one of them (not in auto-sockets mode), as ip4_input takes them; loopback
+    sources and destinations refuse. Returns the number of
     packets without a UDP checksum (udps_nosum); `uniq[:k]`, `cnt[:k]` the sockets
     appended to and their packet counts, k = the number written before a -2 in uniq.
     `sids`, `uniq` and `cnt` are scratch of at least n entries.
@@ -184,9 +193,9 @@ def udp4_input(mh, mq, seg, cl_base, hs, e, max_frame,  # type: ignore[no-untype
             return REFUSED
         src = _be32(seg, a + 12)
         dst = _be32(seg, a + 16)
-        if (src >> 24) == 127 or (dst127 != 0 and (dst >> 24) == 127):
+        if (src >> 24) == 127 or (dst >> 24) == 127:
             return REFUSED
-        if local_exact != 0 and not _is_one_of(local, dst):
+        if local_check != 0 and not _is_one_of(local, dst):
             return REFUSED
         sport = _be16(seg, a + 20)
         dport = _be16(seg, a + 22)
@@ -243,7 +252,7 @@ def udp4_input(mh, mq, seg, cl_base, hs, e, max_frame,  # type: ignore[no-untype
     return nosum
 
 
-@kernel(types.int64(u32_2d, _u64_2d, u8_1d, i64_1d, intp_1d, u8_1d, u64_1d, types.uint64,
+@kernel(types.int64(u32_2d, u64_2d, u8_1d, i64_1d, intp_1d, u8_1d, u64_1d, types.uint64,
                     i64_1d))
 def soreceive(mh, mq, seg, cl_base, hs, uio, tq, now, out):  # type: ignore[no-untyped-def]
     """The user thread's receive for a batch of one-mbuf packets with sockets: copy
@@ -371,7 +380,6 @@ def ip4_input(mh, seg, cl_base, hs, local, local_check, proto):  # type: ignore[
     return 0
 
 
-_i64_2d = types.int64[:, ::1]
 _M32 = 0xFFFFFFFF
 _WL_SET = 1 << 32
 _PF_TCP4 = S.pf_of(S.IPPROTO_TCP, S.AF_INET4)
@@ -415,9 +423,9 @@ def ones_sum(seg, seg64, start, length):  # type: ignore[no-untyped-def]
     return s + acc
 
 
-@kernel(types.int64(u32_2d, _u64_2d, u8_1d, u64_1d, i64_1d, intp_1d, u32_1d, u64_1d, u32_1d,
+@kernel(types.int64(u32_2d, u64_2d, u8_1d, u64_1d, i64_1d, intp_1d, u32_1d, u64_1d, u32_1d,
                     types.uint64, types.int64, types.int64, types.uint64, intp_1d, intp_1d,
-                    _i64_2d))
+                    i64_2d))
 def tcp4_input(mh, mq, seg, seg64, cl_base, hs, tw, tq, buckets,  # type: ignore[no-untyped-def]
                mask, def_hiwat, delack_on, now, sids, uniq, cs):
     """tcp_input's header-prediction case over a whole batch: in-order data segments
