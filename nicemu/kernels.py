@@ -1,4 +1,4 @@
-"""Compiled kernel of the NIC's receive DMA: frames into posted buffers, pkthdr written.
+"""Compiled kernels of the NIC: the receive DMA, and descriptor-ring moves.
 
 Why it exists: the DMA of a batch was a Python loop of one slice copy per
 frame plus, for the descriptor write-back, whole-batch numpy assignments (or
@@ -10,13 +10,33 @@ before the socket's copyout), the length and pkthdr words of its descriptor
 (RSS hash and type, receiving interface, the checksum verdict when the NIC
 reports it), the DMA stamp (and the wire stamp when given), and the tallies
 the NIC's counters need.
+
+The ring moves (`ring_push`, `ring_pop`) are ring.Ring's push_many and
+pop_array as one call each: a batch's slots written (or read) and the
+index published with release ordering (read with acquire), instead of
+half a dozen numpy slice operations at 0.5-1 us apiece.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from dispatch.jit import i64_1d, intp_1d, kernel, ro_u8_1d, types, u8_1d, u32_2d, u64_1d, u64_2d
+from dispatch.jit import (
+    i64_1d,
+    intp_1d,
+    kernel,
+    load_acquire,
+    ro_intp_1d,
+    ro_u8_1d,
+    ro_u32_1d,
+    store_release,
+    types,
+    u8_1d,
+    u32_1d,
+    u32_2d,
+    u64_1d,
+    u64_2d,
+)
 from dispatch.mbuf import layout as L
 from nicemu import offload as off
 
@@ -80,3 +100,44 @@ def dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignore
     tally[2] = l4bad
     tally[3] = l3bad
 
+
+
+def _ring_push(idx, hcol, wcol, lim, hs, ws):  # type: ignore[no-untyped-def]
+    cap = hcol.shape[0]
+    head = np.int64(idx[0])
+    used = head - np.int64(load_acquire(idx, lim))
+    k = min(hs.shape[0], cap - used)
+    if k <= 0:
+        return 0
+    mask = cap - 1
+    words = ws.shape[0] > 0
+    for j in range(k):
+        s = (head + j) & mask
+        hcol[s] = hs[j]
+        if words:
+            wcol[s] = ws[j]
+    store_release(idx, 0, np.uint64(head + k))
+    return k
+
+
+ring_push = kernel(*(types.int64(u64_1d, u32_1d, u32_1d, types.int64, h, ro_u32_1d)
+                     for h in (ro_intp_1d, ro_u32_1d)))(_ring_push)
+ring_push.__doc__ = """The producer's push of a ring whose header is `idx` (u64 words; head at
+0) and slots `hcol`/`wcol`: as many of `hs` (with `ws` beside them, unless
+`ws` is empty) as fit before the index at `lim` (the tail; a tx ring's too)
+catches up. Publishes the new head after the slots. Returns how many."""
+
+
+@kernel(types.int64(u64_1d, u32_1d, types.int64, types.int64, types.int64, u32_1d))
+def ring_pop(idx, hcol, lim, pos, k, out):  # type: ignore[no-untyped-def]
+    """The consumer's take of k descriptors at the index `pos` (u64 word of `idx`),
+    which may go up to the index at `lim` (the head, or a tx ring's done): handles
+    into out[:k], then the index published. Returns how many it took (fewer than k
+    only if fewer were there)."""
+    tail = np.int64(idx[pos])
+    k = min(k, np.int64(load_acquire(idx, lim)) - tail)
+    mask = hcol.shape[0] - 1
+    for j in range(k):
+        out[j] = hcol[(tail + j) & mask]
+    store_release(idx, pos, np.uint64(tail + k))
+    return k

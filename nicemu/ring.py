@@ -39,6 +39,7 @@ from typing import Final
 import numpy as np
 import numpy.typing as npt
 
+from dispatch.jit import entries_by_dtype, entry
 from dispatch.mbuf.segment import (
     PAGE,
     attach_segment,
@@ -68,6 +69,20 @@ MAX_RING: Final = 1 << 16
 MAX_QUEUES: Final = 64
 
 _H, _T, _A = 0, LINE // 8, 2 * LINE // 8  # u64 index of head, tail, aux in the header view
+_NO_WORDS = np.zeros(0, np.uint32)
+_HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))
+
+
+def _kernels() -> tuple[dict[np.dtype, object], object]:
+    # (imported here: nicemu.kernels imports nicemu.offload, which needs nothing of this
+    # module, but keeps this module importable on its own for the pure-Python parts)
+    from nicemu import kernels as k
+    return entries_by_dtype(k.ring_push, 4), entry(k.ring_pop)
+
+
+# entry points (jit.entry: no type checks): their arguments are the ring's own views,
+# ints, and handle/word batches made exact 1-d C-contiguous arrays by the methods
+_PUSH, _POP = _kernels()
 
 
 def check_ring_size(size: int) -> int:
@@ -97,7 +112,8 @@ class Ring:
     :meth:`pop_array`; nobody else may.
     """
 
-    __slots__ = ("capacity", "_mask", "_idx", "_h", "_w", "_views")
+    __slots__ = ("capacity", "_mask", "_idx", "_idx_np", "_h", "_w", "_views")
+    _LIM = _H  # the index the consumer's reads go up to (a tx ring's: done)
 
     def __init__(self, buf: bytearray | memoryview | mmap.mmap, offset: int, capacity: int,
                  *, init: bool = False) -> None:
@@ -111,6 +127,7 @@ class Ring:
         self.capacity = capacity
         self._mask = capacity - 1
         self._idx = mv[offset : offset + RING_HDR].cast("Q")
+        self._idx_np = np.frombuffer(mv, np.uint64, RING_HDR // 8, offset)
         base = offset + RING_HDR
         self._h = np.frombuffer(mv, np.uint32, capacity, base)
         self._w = np.frombuffer(mv, np.uint32, capacity, base + 4 * capacity)
@@ -158,27 +175,17 @@ class Ring:
         n = len(handles)
         if not n:
             return 0
-        head = self._idx[_H]
-        k = min(n, self.capacity - (head - self._idx[_T]))
-        if k <= 0:
-            return 0
-        self._write(head, handles, words, k)
-        self._idx[_H] = head + k  # publish after the slots are written
-        return k
-
-    def _write(self, head: int, handles: Sequence[int] | npt.NDArray[np.integer],
-               words: Sequence[int] | npt.NDArray[np.integer] | None, k: int) -> None:
-        s = head & self._mask
-        first = min(k, self.capacity - s)
-        hs = handles if isinstance(handles, np.ndarray) else np.asarray(handles[:k])
-        self._h[s : s + first] = hs[:first]
-        if first < k:
-            self._h[: k - first] = hs[first:k]
-        if words is not None:
-            ws = words if isinstance(words, np.ndarray) else np.asarray(words[:k])
-            self._w[s : s + first] = ws[:first]
-            if first < k:
-                self._w[: k - first] = ws[first:k]
+        hs = handles
+        if not (isinstance(hs, np.ndarray) and hs.dtype in _HANDLE_DTYPES and hs.ndim == 1
+                and hs.flags.c_contiguous):
+            hs = np.ascontiguousarray(np.asarray(hs).ravel(), dtype=np.intp)
+        if words is None:
+            ws = _NO_WORDS
+        else:
+            ws = np.ascontiguousarray(np.asarray(words).ravel(), dtype=np.uint32)
+            if len(ws) < n:
+                raise ValueError(f"{len(ws)} words for {n} handles")
+        return _PUSH[hs.dtype](self._idx_np, self._h, self._w, _T, hs, ws)  # type: ignore[operator]
 
     # -- consumer ----------------------------------------------------------------
     def _read(self, start: int, k: int, col: npt.NDArray[np.uint32]) -> npt.NDArray[np.uint32]:
@@ -189,14 +196,13 @@ class Ring:
 
     def pop_array(self, max_n: int | None = None) -> npt.NDArray[np.uint32]:
         """Take up to `max_n` descriptors (all if None) as a uint32 array of handles."""
-        tail = self._idx[_T]
         k = self._avail()
         if max_n is not None:
             k = min(k, max_n)
         if k <= 0:
             return np.zeros(0, np.uint32)
-        out = self._read(tail, k, self._h)
-        self._idx[_T] = tail + k  # release the slots after reading them
+        out = np.empty(k, np.uint32)
+        _POP(self._idx_np, self._h, self._LIM, _T, k, out)  # type: ignore[operator]
         return out
 
     def pop_many(self, max_n: int | None = None) -> list[int]:
@@ -213,7 +219,7 @@ class Ring:
     def release(self) -> None:
         """Drop this object's views of the buffer (it is unusable afterwards)."""
         self._idx.release()
-        del self._h, self._w
+        del self._h, self._w, self._idx_np
         self._views.release()
 
     def __repr__(self) -> str:
@@ -231,6 +237,7 @@ class TxRing(Ring):
     """
 
     __slots__ = ()
+    _LIM = _A
 
     @property
     def done(self) -> int:

@@ -17,13 +17,24 @@ from dispatch.mbuf import layout as L
 
 
 def _state(p: MbufPool) -> bytes:
-    """Everything a kernel may write: headers, cluster metadata, caches and their levels."""
-    return p._mh.tobytes() + p._meta64.tobytes() + p._bc.tobytes() + p._bn.tobytes()
+    """Everything a kernel may write: headers, cluster metadata, caches and their levels,
+    the global stacks and their tops, the lock words."""
+    return (p._mh.tobytes() + p._meta64.tobytes() + p._bc.tobytes() + p._bn.tobytes()
+            + p._stk.tobytes() + p._tops_np.tobytes() + p._lockw.tobytes())
+
+
+def _stk_args(p: MbufPool) -> tuple:
+    return (p._stk, p._sreg, p._tops_np, p._lockw, p._lock_tag)
 
 
 def _freem(p: MbufPool, hs: np.ndarray) -> int:
     return K.freem_fast(p._mh, p._meta64, p._cl_zone_np, hs, p._bc, p._bn, p._cmax_np,
-                        p.cached_tag, p._meta_cached)
+                        p.cached_tag, p._meta_cached, *_stk_args(p), p._bucket_np)
+
+
+def _getcl(p: MbufPool, n: int, out: np.ndarray) -> int:
+    return K.getcl_take(p._mh, p._meta64, p._bc, p._bn, 1, n, p._t_rx, p._meta_inuse1, out,
+                        *_stk_args(p), p.cached_tag, p._bucket_np)
 
 
 def test_freem_fast_refuses_chains_shared_clusters_mixed_zones_and_double_frees(pool):
@@ -48,23 +59,42 @@ def test_freem_fast_refuses_chains_shared_clusters_mixed_zones_and_double_frees(
     assert pool.audit().whole
 
 
-def test_freem_fast_frees_one_zone_or_plain_mbufs_and_asks_for_flushes(pool):
+def test_freem_fast_frees_one_zone_or_plain_mbufs_and_flushes_whole_buckets(pool):
     cl = pool.getcl_batch(40)
     r = _freem(pool, cl)
-    assert r >= 0
-    assert all(pool.hget(int(m), L.W_OWNER) == pool.cached_tag for m in cl)
-    assert pool._bn[1] >= 40 or r & 0b10  # the clusters went to our zone-1 cache
+    assert r == 0
+    assert all(pool.hget(int(m), L.W_OWNER) >> L.STATE_SHIFT in (L.ST_CACHED, L.ST_FREE)
+               for m in cl)
     plain = pool.get_batch(20)
     pool.freem_batch(memoryview(plain.astype(np.uint32).tobytes()).cast("I"))  # off the wire
-    # freed: in our cache, or already flushed with a bucket to the global stack
     assert all(pool.hget(int(m), L.W_OWNER) >> L.STATE_SHIFT != L.ST_INUSE for m in plain)
-    # past its maximum a cache asks for a flush: the pool's freem_batch does it
+    # past its maximum a cache gives its most recent whole buckets back to the global stack
     big = pool.getcl_batch(64)
-    r = _freem(pool, big)
-    assert r & 1 and r & 0b10  # mbufs and 2k clusters both over their 2 x bucket
-    for z in range(L.NZONES):
-        if r >> z & 1:
-            pool._flush_over(z)
+    tops = pool._tops_np.copy()
+    assert _freem(pool, big) == 0
+    assert pool._bn[0] <= pool._cmax[0] and pool._bn[1] <= pool._cmax[1]
+    for z in (0, 1):
+        assert (int(pool._tops_np[z]) - int(tops[z])) % pool._bucket[z] == 0
+    assert pool.lock_words_free() and pool.audit().whole
+
+
+def test_a_busy_zone_lock_leaves_refills_and_flushes_to_the_python_path(pool):
+    other = pool._lock_tag + 1  # another owner holds both zone locks
+    pool._lockw[0] = pool._lockw[1] = other
+    pool._bn[:] = 0
+    out = np.empty(8, np.intp)
+    before = _state(pool)
+    assert _getcl(pool, 8, out) == -1  # a refill needs the lock: nothing taken
+    assert _state(pool) == before
+    pool._lockw[0] = pool._lockw[1] = 0
+    hs = pool.getcl_batch(3 * pool._bucket[1])
+    pool._lockw[0] = pool._lockw[1] = other
+    bn = pool._bn.copy()
+    assert _freem(pool, hs) == 0b11  # freed into the caches, both over their maximum
+    assert (pool._bn[:2] == bn[:2] + len(hs)).all()
+    pool._lockw[0] = pool._lockw[1] = 0
+    for z in (0, 1):
+        pool._flush_over(z)
     assert pool._bn[0] <= pool._cmax[0] and pool._bn[1] <= pool._cmax[1]
     assert pool.audit().whole
 
@@ -72,12 +102,21 @@ def test_freem_fast_frees_one_zone_or_plain_mbufs_and_asks_for_flushes(pool):
 def test_getcl_take_refuses_short_caches_and_writes_rx_buffers(pool):
     out = np.empty(8, np.intp)
     pool._bn[:] = 0  # (the caches hold nothing yet: a new pool's are empty)
+    tops = pool._tops_np.copy()
     before = _state(pool)
-    assert K.getcl_take(pool._mh, pool._meta64, pool._bc, pool._bn, 1, 8, pool._t_rx,
-                        pool._meta_inuse1, out) == 0
+    pool._tops_np[0] = 4  # the global stack holds 4 mbufs: the batch cannot be made
+    assert _getcl(pool, 8, out) == 0  # nothing taken; the refills kept what they got
+    assert pool._bn[0] == 4 and pool._tops_np[0] == 0 and pool._bn[1] == pool._bucket[1]
+    assert pool.in_use() == 0
+    pool._push_all(0)  # give the refills back: the stacks are as they were
+    pool._push_all(1)
+    pool._tops_np[0] = tops[0]
+    pool._bc[:] = np.frombuffer(before, np.intp, pool._bc.size, pool._mh.nbytes
+                                + pool._meta64.nbytes).reshape(pool._bc.shape)
     assert _state(pool) == before
-    hs = pool.getcl_batch(8)  # fills the caches, then the kernel takes them
+    hs = pool.getcl_batch(8)  # refills the caches in the kernel, then takes from them
     assert len(hs) == 8
+    assert (pool._tops_np[:2] == tops[:2] - pool._bucket_np[:2]).all()
     for m in hs.tolist():
         assert pool.flags(m) == L.M_EXT | L.M_PKTHDR
         assert pool.hget(m, L.W_OWNER) == pool.inuse_tag
@@ -85,7 +124,7 @@ def test_getcl_take_refuses_short_caches_and_writes_rx_buffers(pool):
         assert pool.cl_meta[e << 1] == 1 and pool.cl_meta[(e << 1) | 1] == pool.inuse_tag
         assert pool.stamps([m]).sum() == 0
     pool.freem_batch(hs)
-    assert pool.audit().whole
+    assert pool.lock_words_free() and pool.audit().whole
 
 
 def test_exhaustion_through_the_batch_path_is_counted_not_raised(pool):

@@ -59,6 +59,43 @@ def test_counters_are_shared_with_another_process(table):
     assert out.stdout.strip() == "0" and table.qlen(1) == 0
 
 
+def test_a_workstream_lock_left_by_a_killed_process_is_broken(table):
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import time\n"
+        "from dispatch.runtime.netisr import NetisrTable\n"
+        f"t = NetisrTable.attach({table.name!r})\n"
+        "t._locks[1].__enter__(); print('locked', flush=True); time.sleep(60)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        assert table._lockw[1] == proc.pid
+        proc.kill()
+        proc.wait(timeout=30)
+        assert table.try_inline(1)  # the dead holder's lock is broken, the flag taken
+        table.end_inline(1)
+        assert table._lockw[1] == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+
+
+def test_a_forked_child_takes_workstream_locks_under_its_own_pid(table):
+    import os
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # (the child reports its lock tag and leaves without cleanup)
+        os.write(w, str(table._locks[0]._tag).encode())
+        os._exit(0)
+    os.close(w)
+    tag = os.read(r, 64)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert int(tag) == pid and table._locks[0]._tag == os.getpid()
+
+
 def test_policies():
     assert choose_workstream("flow", flowid=7, source=0, cpu=0, workers=4) == 3
     assert choose_workstream("source", flowid=7, source=5, cpu=0, workers=4) == 1

@@ -7,12 +7,15 @@ machine (docs/BENCHMARKS.md), which is 0.3-0.6 us per buffer at batch 32:
 the floor that kept cross-process allocate/free near 1.5 M/s. Here each is
 one call into machine code that walks the batch once.
 
-The kernels only move handles between a process's batch caches (one row per
-zone of ``MbufPool._bc``, with their fill levels in ``_bn``) and the mbuf
-headers and cluster metadata in the shared segment; refills from and
-flushes to the segment's global stacks (under the zone lock, a bucket at a
-time) stay in Python. A kernel that meets anything outside its common case
-changes nothing and says so, and the caller takes the general path.
+The kernels move handles between a process's batch caches (one row per zone
+of ``MbufPool._bc``, with their fill levels in ``_bn``), the mbuf headers
+and cluster metadata in the shared segment, and the segment's global free
+stacks: a cache that runs short or overflows is refilled or flushed a
+bucket at a time inside the same call, under the zone's spin lock
+(spinlock.py), so the common batch operation is one call with no system
+call at all. A kernel that meets anything outside its common case -- a
+pool running dry, a lock that stays busy -- changes nothing and says so,
+and the caller takes the general Python path.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from __future__ import annotations
 import numpy as np
 
 from dispatch.jit import (
+    cas32,
+    helper,
     i64_1d,
     intp_1d,
     intp_2d,
@@ -35,6 +40,7 @@ from dispatch.jit import (
 )
 
 from . import layout as L
+from .spinlock import SPINS, spin_take
 
 _W_NEXT = L.W_NEXT
 _W_OWNER = L.W_OWNER
@@ -45,13 +51,87 @@ _Q_TS = L.Q_TS
 _LOW32 = np.uint64(0xFFFFFFFF)
 
 
+@helper
+def _pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag):  # type: ignore[no-untyped-def]
+    """Move up to `want` handles from the top of zone z's global free stack onto our
+    zone-z batch cache, tagging each as cached by us (the mbuf's owner word, or the
+    cluster's owner half of its metadata). The caller holds the zone lock."""
+    top = np.int64(tops[z])
+    b = bn[z]
+    k = min(want, top, bc.shape[1] - b)
+    for j in range(k):
+        h = stack[top - k + j]
+        if z == 0:
+            mh[h, _W_OWNER] = cached_tag
+        else:
+            meta64[h] = (meta64[h] & _LOW32) | (np.uint64(cached_tag) << np.uint64(32))
+        bc[z, b + j] = h
+    tops[z] = np.uint32(top - k)
+    bn[z] = b + k
+    return k
+
+
+@helper
+def _push(mh, meta64, stack, tops, z, bc, bn, k):  # type: ignore[no-untyped-def]
+    """Move the top k handles of our zone-z batch cache onto zone z's global free
+    stack, tagging each free (owner word 0). The caller holds the zone lock."""
+    top = np.int64(tops[z])
+    b = bn[z]
+    for j in range(k):
+        h = bc[z, b - k + j]
+        if z == 0:
+            mh[h, _W_OWNER] = 0
+        else:
+            meta64[h] = meta64[h] & _LOW32
+        stack[top + j] = np.uint32(h)
+    tops[z] = np.uint32(top + k)
+    bn[z] = b - k
+    return k
+
+
+@helper
+def _refill(mh, meta64, stk, sreg, tops, lockw, lock_tag, z, bc, bn, want,  # type: ignore[no-untyped-def]
+            cached_tag):
+    """A bucket refill of our zone-z batch cache from the global stack, under the zone
+    lock (stk: every zone's stack, zone z's at stk[sreg[2z]:sreg[2z+1]]). Returns how
+    many came, or -1 (nothing done) if the lock stayed busy through a spin."""
+    if spin_take(lockw, z, lock_tag, SPINS) != 0:
+        return -1
+    k = _pop(mh, meta64, stk[sreg[2 * z] : sreg[2 * z + 1]], tops, z, bc, bn, want, cached_tag)
+    cas32(lockw, z, lock_tag, 0)
+    return k
+
+
+@helper
+def _flush(mh, meta64, stk, sreg, tops, lockw, lock_tag, z, bc, bn, k):  # type: ignore[no-untyped-def]
+    """Push the top k handles of our zone-z batch cache to the global stack under the
+    zone lock; False (nothing done) if the lock stayed busy through a spin."""
+    if spin_take(lockw, z, lock_tag, SPINS) != 0:
+        return False
+    _push(mh, meta64, stk[sreg[2 * z] : sreg[2 * z + 1]], tops, z, bc, bn, k)
+    cas32(lockw, z, lock_tag, 0)
+    return True
+
+
 @kernel(types.int64(u32_2d, u64_1d, intp_2d, i64_1d, types.int64, types.int64, u32_1d,
-                    types.uint64, intp_1d))
-def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out):  # type: ignore[no-untyped-def]
-    """Take n mbufs and n zone-z clusters from the batch caches, write each mbuf's
-    header from the rx template (a packet-header mbuf on its cluster) and each
-    cluster's (refcount 1, our in-use tag): m_getcl for a whole batch, handles into
-    `out`. Returns n, or 0 (nothing taken) when a cache holds fewer than n."""
+                    types.uint64, intp_1d, u32_1d, i64_1d, u32_1d, u32_1d, types.uint32,
+                    types.uint32, i64_1d))
+def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out,  # type: ignore[no-untyped-def]
+               stk, sreg, tops, lockw, lock_tag, cached_tag, bucket):
+    """m_getcl for a whole batch: take n mbufs and n zone-z clusters from the batch
+    caches (refilling a short one from the global stack first, a bucket or more, under
+    its zone lock), write each mbuf's header from the rx template (a packet-header mbuf
+    on its cluster) and each cluster's metadata (refcount 1, our in-use tag); handles
+    into `out`. Returns n; 0 (nothing taken) when the pool cannot supply n of each;
+    -1 (nothing taken) when a zone lock stayed busy. Either way the caller's Python
+    path takes over (it waits for a lock, and counts a denial)."""
+    for i in range(2):  # (z is a cluster zone, never 0)
+        zz = z if i else 0
+        if bn[zz] < n:
+            r = _refill(mh, meta64, stk, sreg, tops, lockw, lock_tag, zz, bc, bn,
+                        max(bucket[zz], n - bn[zz]), cached_tag)
+            if r < 0:
+                return -1
     b0 = bn[0]
     bz = bn[z]
     if b0 < n or bz < n:
@@ -71,7 +151,7 @@ def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out):  # type: ignor
 
 
 def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: ignore[no-untyped-def]
-                meta_cached):
+                meta_cached, stk, sreg, tops, lockw, lock_tag, bucket):
     n = hs.shape[0]
     z = 0
     for j in range(n):
@@ -102,66 +182,46 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
             meta64[e] = meta_cached
             bc[z, bz + j] = e
     bn[0] = b0 + n
-    flush = 0
-    if b0 + n > cmax[0]:
-        flush |= 1
     if z != 0:
         bn[z] = bz + n
-        if bz + n > cmax[z]:
-            flush |= 1 << z
-    return flush
+    busy = 0
+    for i in range(2 if z != 0 else 1):
+        zz = z if i else 0
+        over = bn[zz] - cmax[zz]
+        if over > 0:
+            b = bucket[zz]
+            k = (over + b - 1) // b * b  # whole buckets, the most recent
+            if not _flush(mh, meta64, stk, sreg, tops, lockw, lock_tag, zz, bc, bn, k):
+                busy |= 1 << zz
+    return busy
 
 
 # handles as intp or u32, writable or not (a batch decoded straight off a message is read-only)
 _HS = (ro_intp_1d, ro_u32_1d)  # handle batches: intp or u32 (as decoded off a message)
 freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, intp_2d, i64_1d, i64_1d, types.uint32,
-                                  types.uint64) for h in _HS))(_freem_fast)
+                                  types.uint64, u32_1d, i64_1d, u32_1d, u32_1d, types.uint32,
+                                  i64_1d) for h in _HS))(_freem_fast)
 freem_fast.__doc__ = """Free a batch of one-mbuf packets into the batch caches: every head in
 use and unchained, either all without clusters or all on unshared clusters
 (refcount 1) of one zone. Retags mbufs and clusters as cached by us and
-pushes them on the caches. Returns -1 (nothing changed) outside that case,
-else a bit mask of the zones whose cache now holds more than its maximum
-(the caller flushes a bucket of each to the global stack)."""
+pushes them on the caches; a cache now over its maximum gives its most
+recent whole buckets back to the global stack under the zone lock. Returns
+-1 (nothing changed) outside that case, else a bit mask of the zones whose
+flush found the lock busy (the caller flushes them, waiting for the lock)."""
 
 
 @kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, intp_2d, i64_1d, types.int64,
                     types.uint32))
 def stack_pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag):  # type: ignore[no-untyped-def]
-    """Move up to `want` handles from the top of zone z's global free stack onto our
-    zone-z batch cache, tagging each as cached by us (the mbuf's owner word, or the
-    cluster's owner half of its metadata). The caller holds the zone lock. Returns
-    how many came."""
-    top = np.int64(tops[z])
-    b = bn[z]
-    k = min(want, top, bc.shape[1] - b)
-    for j in range(k):
-        h = stack[top - k + j]
-        if z == 0:
-            mh[h, _W_OWNER] = cached_tag
-        else:
-            meta64[h] = (meta64[h] & _LOW32) | (np.uint64(cached_tag) << np.uint64(32))
-        bc[z, b + j] = h
-    tops[z] = np.uint32(top - k)
-    bn[z] = b + k
-    return k
+    """`_pop` for the Python paths (which hold the zone lock already). Returns how many
+    came."""
+    return _pop(mh, meta64, stack, tops, z, bc, bn, want, cached_tag)
 
 
 @kernel(types.int64(u32_2d, u64_1d, u32_1d, u32_1d, types.int64, intp_2d, i64_1d, types.int64))
 def stack_push(mh, meta64, stack, tops, z, bc, bn, k):  # type: ignore[no-untyped-def]
-    """Move the top k handles of our zone-z batch cache onto zone z's global free
-    stack, tagging each free (owner word 0). The caller holds the zone lock."""
-    top = np.int64(tops[z])
-    b = bn[z]
-    for j in range(k):
-        h = bc[z, b - k + j]
-        if z == 0:
-            mh[h, _W_OWNER] = 0
-        else:
-            meta64[h] = meta64[h] & _LOW32
-        stack[top + j] = np.uint32(h)
-    tops[z] = np.uint32(top + k)
-    bn[z] = b - k
-    return k
+    """`_push` for the Python paths (which hold the zone lock already)."""
+    return _push(mh, meta64, stack, tops, z, bc, bn, k)
 
 
 def _adopt(mh, mq, hs, tag, slot, now, out):  # type: ignore[no-untyped-def]

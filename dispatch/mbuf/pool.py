@@ -35,10 +35,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from dispatch.jit import entries_by_dtype, entry
+
 from . import kernels as _k
 from . import layout as L
 from .segment import (
     LOCK_OWNERS,
+    LOCKS_OFF,
+    NLOCKS,
     PAGE,
     TOPS_OFF,
     OfdLock,
@@ -51,26 +55,36 @@ from .segment import (
     process_start_time,
     shm_path,
 )
+from .spinlock import SpinLock
 
 MAX_OWNERS = 256
 OWNER_SLOT_WORDS = 64
 # owner slot words: 0 live flag, 1 pid, 2-3 start time, 4..8 denied per zone,
 # 9 m_getcl denied (mbuf+cluster), 16..31 the name (64 bytes)
 OS_LIVE, OS_PID, OS_START, OS_DENIED, OS_GETCL_DENIED, OS_NAME = 0, 1, 2, 4, 9, 16
-REF_LOCK_BASE = 8  # lock bytes 9..12 guard shared-cluster refcounts per zone
+REF_LOCK_BASE = 8  # lock words 9..12 guard shared-cluster refcounts per zone
 
 
 _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
 _HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what the batch kernels take
+# The batch kernels' entry points, called without numba's type resolution (jit.entry:
+# half the call cost, no type checks): every argument is one of the pool's own arrays,
+# a scalar, or a handle batch that `_handles` made a 1-d C-contiguous intp or u32 array.
+_getcl_take = entry(_k.getcl_take)
+_freem_fast = entries_by_dtype(_k.freem_fast, 3)
+_stack_pop = entry(_k.stack_pop)
+_stack_push = entry(_k.stack_push)
+_adopt = entries_by_dtype(_k.adopt, 2)
 
 
 def _handles(handles: Sequence[int] | np.ndarray | memoryview) -> np.ndarray:
     """A batch of handles as an array the compiled kernels take, without a copy
     where it already is one (or a u32 memoryview, as decoded off a message)."""
     if isinstance(handles, np.ndarray):
-        if handles.dtype in _HANDLE_DTYPES and handles.flags.c_contiguous:
+        if handles.dtype in _HANDLE_DTYPES and handles.flags.c_contiguous \
+                and handles.ndim == 1:
             return handles
-        return handles.astype(np.intp)
+        return np.ascontiguousarray(handles.ravel(), dtype=np.intp)
     if isinstance(handles, memoryview) and handles.format == "I":
         return np.frombuffer(handles, np.uint32)
     return np.array(handles, dtype=np.intp)
@@ -263,9 +277,15 @@ class MbufPool:
         # column views of the mbuf headers, for batch operations with intp indices
         self._own_col = self._mh[:, L.W_OWNER]
         self._ext_col = self._mh[:, L.W_EXT]
-        self._zone_locks = [OfdLock(fd, z) for z in range(L.NZONES)]
-        self._ref_locks = [OfdLock(fd, REF_LOCK_BASE + z) for z in range(L.NZONES)]
         self._owner_lock = OfdLock(fd, LOCK_OWNERS)
+        self._lockw = np.frombuffer(mm, np.uint32, 2 * NLOCKS, LOCKS_OFF)
+        # every zone's free stack as one array (for the kernels that refill and flush
+        # inside a batch operation), zone z's at _stk[_sreg[2z] : _sreg[2z + 1]]
+        stk_words = (g.stack_off[-1] + 4 * counts[-1] - g.stack_off[0]) // 4
+        self._stk = np.frombuffer(mm, np.uint32, stk_words, g.stack_off[0])
+        self._sreg = np.array([w for n, off in zip(counts, g.stack_off)
+                               for w in ((off - g.stack_off[0]) // 4,
+                                         (off - g.stack_off[0]) // 4 + n)], dtype=np.int64)
         self._caches: list[list[int]] = [[] for _ in range(L.NZONES)]
         self._bucket = [max(1, min(bucket, n // 8 or 1)) for n in counts]
         self._cmax = [2 * b for b in self._bucket]
@@ -277,9 +297,15 @@ class MbufPool:
         self._bc = np.empty((L.NZONES, max(self._cmax) + _BATCH_MAX), dtype=np.intp)
         self._bn = np.zeros(L.NZONES, dtype=np.int64)
         self._cmax_np = np.array(self._cmax, dtype=np.int64)
+        self._bucket_np = np.array(self._bucket, dtype=np.int64)
         self._denied = [0] * L.NZONES
         self.slot = self._claim_slot(owner)
         self.owner_name = owner
+        self._lock_tag = self.slot + 1
+        self._zone_locks = [SpinLock(self._lockw, z, self._lock_tag, self._tag_alive)
+                            for z in range(L.NZONES)]
+        self._ref_locks = [SpinLock(self._lockw, REF_LOCK_BASE + z, self.slot + 1,
+                                    self._tag_alive) for z in range(L.NZONES)]
         self.inuse_tag = (L.ST_INUSE << L.STATE_SHIFT) | self.slot
         self.cached_tag = (L.ST_CACHED << L.STATE_SHIFT) | self.slot
         self._meta_inuse1 = np.uint64(1 | self.inuse_tag << 32)  # refcount 1, ours
@@ -349,6 +375,17 @@ class MbufPool:
             row[OS_LIVE] = 1
         return slot
 
+    def lock_words_free(self) -> bool:
+        """Whether no zone or refcount lock is held (by anyone) right now."""
+        return not self._lockw.any()
+
+    def _tag_alive(self, tag: int) -> bool:
+        """Whether the owner holding a lock word with `tag` (its slot + 1) still runs."""
+        row = self._owners[(tag - 1) % MAX_OWNERS]
+        if not row[OS_LIVE]:
+            return False
+        return process_alive(int(row[OS_PID]), int(row[OS_START]) | int(row[OS_START + 1]) << 32)
+
     def close(self) -> None:
         """Give cached buffers back, free the owner slot, unmap; the creator unlinks."""
         if self._closed or os.getpid() != self._pid:
@@ -379,7 +416,7 @@ class MbufPool:
             v.release()
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
-        del self._meta64
+        del self._meta64, self._lockw, self._zone_locks, self._ref_locks, self._stk
         del self._own_col, self._ext_col
         self._seg_np = self._seg64_np = None
         del self._tops_np
@@ -447,8 +484,8 @@ class MbufPool:
         if bn < n:
             want = max(self._bucket[z], n - bn)
             with self._zone_locks[z]:
-                _k.stack_pop(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
-                             self._bc, self._bn, want, self.cached_tag)
+                _stack_pop(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                           self._bc, self._bn, want, self.cached_tag)
 
     def _deny(self, z: int, n: int = 1) -> None:
         self._owners[self.slot, OS_DENIED + z] += n
@@ -600,12 +637,13 @@ class MbufPool:
         if 0 < n <= _BATCH_MAX:  # the compiled path, once the caches hold n of each
             out = np.empty(n, dtype=np.intp)
             args = (self._mh, self._meta64, self._bc, self._bn, z, n, self._t_rx,
-                    self._meta_inuse1, out)
-            if _k.getcl_take(*args):
+                    self._meta_inuse1, out, self._stk, self._sreg, self._tops_np, self._lockw,
+                    self._lock_tag, self.cached_tag, self._bucket_np)
+            if _getcl_take(*args) > 0:
                 return out
-            self._fill_batch(0, n)
+            self._fill_batch(0, n)  # (the pool may be short, or a zone lock was busy)
             self._fill_batch(z, n)
-            if _k.getcl_take(*args):
+            if _getcl_take(*args) > 0:
                 return out
         m_arr = self._take_many(0, n)
         c_arr = self._take_many(z, n)
@@ -673,8 +711,10 @@ class MbufPool:
             return
         arr = _handles(handles)
         if n <= _BATCH_MAX:
-            r = _k.freem_fast(self._mh, self._meta64, self._cl_zone_np, arr, self._bc,
-                              self._bn, self._cmax_np, self.cached_tag, self._meta_cached)
+            r = _freem_fast[arr.dtype](self._mh, self._meta64, self._cl_zone_np, arr, self._bc,
+                                       self._bn, self._cmax_np, self.cached_tag,
+                                       self._meta_cached, self._stk, self._sreg, self._tops_np,
+                                       self._lockw, self._lock_tag, self._bucket_np)
             if r >= 0:
                 z = 0
                 while r:
@@ -693,8 +733,8 @@ class MbufPool:
         if bn > self._cmax[z]:
             k = (bn - self._cmax[z] + b - 1) // b * b  # whole buckets, the most recent
             with self._zone_locks[z]:
-                _k.stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
-                              self._bc, self._bn, k)
+                _stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                            self._bc, self._bn, k)
 
     def _give_many(self, z: int, hs: np.ndarray) -> None:
         """Put freed handles (already tagged cached) into our batch cache; flush
@@ -716,8 +756,8 @@ class MbufPool:
     def _push_all(self, z: int) -> None:
         """Our whole zone-z batch cache back to the global stack."""
         with self._zone_locks[z]:
-            _k.stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
-                          self._bc, self._bn, int(self._bn[z]))
+            _stack_push(self._mh, self._meta64, self._stacks[z], self._tops_np, z,
+                        self._bc, self._bn, int(self._bn[z]))
 
     def adopt(self, handles: Sequence[int] | np.ndarray, *, stamp: int = -1, now: int = 0,
               stamps: bool = False) -> np.ndarray | None:
@@ -727,7 +767,7 @@ class MbufPool:
         stamping (for latency samples kept after the packets are freed)."""
         arr = _handles(handles)
         out = np.empty((len(arr), L.NTS if stamps else 0), dtype=np.uint64)
-        _k.adopt(self._mh, self._mq, arr, self.inuse_tag, stamp, now, out)
+        _adopt[arr.dtype](self._mh, self._mq, arr, self.inuse_tag, stamp, now, out)
         return out if stamps else None
 
     def stamp_batch(self, handles: Sequence[int] | np.ndarray, slot: int, t_ns: int) -> None:

@@ -14,11 +14,14 @@ removes the stale segment before making a new one, and `remove_stale()` does
 the same on demand (`dispatch pool clean`). A segment whose creator is still
 alive is never touched: creating it again fails with a clear error.
 
-Cross-process mutual exclusion uses open-file-description locks
-(F_OFD_SETLKW) on single bytes of the segment file: they belong to the open
-file, not the process, so two pools attached in one process exclude each
-other too, and the kernel drops them if the holder dies. They are taken once
-per batch (a cache refill or flush), never per packet.
+Cross-process mutual exclusion on the data path (the zone locks, taken once
+per cache refill or flush, never per packet) uses spin-lock words in the
+superblock page (LOCKS_OFF; spinlock.py says why and how a dead holder's
+lock is broken). The owner table, changed only when a process attaches or
+leaves, uses an open-file-description lock (F_OFD_SETLKW) on a byte of the
+segment file: it belongs to the open file, not the process, so two pools
+attached in one process exclude each other too, and the kernel drops it if
+the holder dies.
 """
 
 from __future__ import annotations
@@ -36,13 +39,17 @@ from typing import Protocol
 
 SHM_DIR = "/dev/shm"
 MAGIC = b"DEMUPOOL"
-VERSION = 1
+VERSION = 2  # 2: spin-lock words at LOCKS_OFF replace the zone byte locks
 PAGE = 4096
 
 # Superblock: magic, version, creator pid, creator start time, nmbufs and
 # the four cluster counts, then per-zone free-stack tops (u32) at TOPS_OFF.
 SUPER = struct.Struct("<8sIIQ5I")
 TOPS_OFF = 256  # 5 x u32 free-stack tops, one per zone
+#: 16 x u32 spin-lock words (spinlock.SpinLock): 0..4 the zones' free stacks, 8..12 their
+#: shared-cluster refcounts; on the tops' cache line, which a holder touches next
+LOCKS_OFF = TOPS_OFF + 32
+NLOCKS = 8
 FLOCK = struct.Struct("@hhqqi")
 _FLOCK_PAD = b"\0" * 4
 LOCK_OWNERS = 64  # lock byte for the owner table (zones use bytes 0..4)

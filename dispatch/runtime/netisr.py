@@ -10,8 +10,8 @@ cut and the excess dropped and counted (QDrops), as netisr_queue does.
 Hybrid dispatch needs FreeBSD's per-workstream flags: the ithread may run the
 work inline only when the workstream is neither running nor dispatching and
 has nothing queued, so that a direct packet never overtakes queued work. The
-check-and-set is made under a per-workstream lock (an OFD lock on one byte
-of the segment), once per batch.
+check-and-set is made under a per-workstream spin lock (a word of the
+segment, dispatch.mbuf.spinlock, held by the taker's pid), once per batch.
 
 Placement policies choose the workstream: `flow` (flowid % workers), `source`
 (the rx queue the packet came in on), `cpu` (the ithread's own CPU, which in
@@ -23,16 +23,19 @@ from __future__ import annotations
 import mmap
 import os
 import time
+import weakref
 from dataclasses import dataclass
 
+import numpy as np
+
 from dispatch.mbuf.segment import (
-    OfdLock,
     attach_segment,
     close_at_exit,
     create_segment,
     forget,
     shm_path,
 )
+from dispatch.mbuf.spinlock import SpinLock, pid_alive
 
 MAGIC = b"DEMUNISR"
 MAX_WS = 64
@@ -44,7 +47,8 @@ WS_WORDS = 8
 # per (producer, workstream) words
 P_ENQ, P_QDROPS, P_DISP, P_HDISP, P_WMARK = 0, 1, 2, 3, 4
 P_WORDS = 8
-LOCK_BASE = 128
+WORDS = HDR_WORDS + MAX_WS * WS_WORDS + MAX_PRODUCERS * MAX_WS * P_WORDS
+LOCKS_OFF = (64 + WORDS * 8 + 63) // 64 * 64  # MAX_WS u32 spin-lock words, after the counters
 POLICIES = ("source", "flow", "cpu")
 QLIMIT_MAX = 10240
 
@@ -72,8 +76,20 @@ class WorkstreamStats:
 
 
 def _size(nws: int, nprod: int) -> int:
-    words = HDR_WORDS + MAX_WS * WS_WORDS + MAX_PRODUCERS * MAX_WS * P_WORDS
-    return ((64 + words * 8) + 4095) // 4096 * 4096
+    return (LOCKS_OFF + MAX_WS * 4 + 4095) // 4096 * 4096
+
+
+_TABLES: weakref.WeakSet[NetisrTable] = weakref.WeakSet()
+
+
+def _retag_after_fork() -> None:
+    """A forked child takes the locks under its own pid, not its parent's."""
+    for t in list(_TABLES):
+        if t._buf is not None:
+            t._make_locks()
+
+
+os.register_at_fork(after_in_child=_retag_after_fork)
 
 
 class NetisrTable:
@@ -88,10 +104,16 @@ class NetisrTable:
         self._fd = fd
         self._mm = mm
         self._buf = memoryview(mm)
-        self.q = self._buf[64:].cast("Q")
+        self.q = self._buf[64 : 64 + WORDS * 8].cast("Q")
         self._ws0 = HDR_WORDS
         self._p0 = HDR_WORDS + MAX_WS * WS_WORDS
-        self._locks = [OfdLock(fd, LOCK_BASE + i) for i in range(MAX_WS)]
+        self._lockw = np.frombuffer(mm, np.uint32, MAX_WS, LOCKS_OFF)
+        self._make_locks()
+        _TABLES.add(self)
+
+    def _make_locks(self) -> None:
+        pid = os.getpid()
+        self._locks = [SpinLock(self._lockw, i, pid, pid_alive) for i in range(MAX_WS)]
 
     @classmethod
     def create(cls, name: str, *, workers: int, producers: int) -> NetisrTable:
@@ -116,6 +138,7 @@ class NetisrTable:
             return
         forget(self)
         self.q.release()
+        del self._locks, self._lockw
         self._buf.release()
         self._buf = None  # type: ignore[assignment]
         self._mm.close()

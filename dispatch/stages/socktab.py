@@ -93,6 +93,7 @@ from dispatch.mbuf.segment import (
     process_start_time,
     shm_path,
 )
+from dispatch.mbuf.spinlock import SpinLock, pid_alive
 from dispatch.stages.tcp_var import TCPS_LISTEN, state_name
 
 MAGIC = b"DEMUSOCK"
@@ -102,7 +103,7 @@ REC_SLOTS = REC_BYTES // 8  # 64: and at u64 slot i << 6
 HDR_OFF = 1024
 BUCKETS_OFF = PAGE
 LOCK_BYTE = 16
-PCB_LOCK_BYTE = 17  # pcb_lock(): the runtime's lock over TCP connection state
+PCB_LOCK_OFF = HDR_OFF + 128  # pcb_lock()'s u32 spin-lock word (its own cache line)
 
 IPPROTO_TCP = 6
 IPPROTO_UDP = 17
@@ -282,6 +283,7 @@ class SocketTable:
         self._mask = self.nbuckets - 1
         self._lock: contextlib.AbstractContextManager[Any] = (
             OfdLock(fd, LOCK_BYTE) if fd >= 0 else contextlib.nullcontext())
+        self._pcb_word = np.frombuffer(backing, np.uint32, 1, PCB_LOCK_OFF)
         self._cache: dict[Key, int] = {}  # key -> index (exact or via a listener)
         self._wkeys: set[Key] = set()  # the keys in _cache that resolved to a listener
         self._wgen = -1
@@ -334,7 +336,7 @@ class SocketTable:
             return
         self._closed = True
         forget(self)
-        del self.np_w, self.np_q, self.np_buckets
+        del self.np_w, self.np_q, self.np_buckets, self._pcb_word
         for v in (self.hq, self._buckets, self.w, self.q):
             v.release()
         self.buf.release()
@@ -372,10 +374,11 @@ class SocketTable:
     def pcb_lock(self) -> Any:
         """A lock over the table's TCP connection state, for runtimes where a flow's
         sender and its tcp_input run in different processes (FreeBSD's inpcb lock,
-        one for the whole table): an OFD lock on its own byte of the segment."""
+        one for the whole table): a spin-lock word of the segment, taken under the
+        caller's pid (taken per batch and per send: an fcntl lock cost 6 us here)."""
         if self._fd < 0:
             return contextlib.nullcontext()
-        return OfdLock(self._fd, PCB_LOCK_BYTE)
+        return SpinLock(self._pcb_word, 0, os.getpid(), pid_alive)
 
     def user_of(self, i: int) -> int:
         return self.w[(i << 7) + P_USER]
