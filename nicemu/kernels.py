@@ -26,9 +26,9 @@ from dispatch.jit import (
     intp_1d,
     kernel,
     load_acquire,
-    ro_intp_1d,
+    ra_intp_1d,
+    ra_u32_1d,
     ro_u8_1d,
-    ro_u32_1d,
     store_release,
     types,
     u8_1d,
@@ -120,8 +120,8 @@ def _ring_push(idx, hcol, wcol, lim, hs, ws):  # type: ignore[no-untyped-def]
     return k
 
 
-ring_push = kernel(*(types.int64(u64_1d, u32_1d, u32_1d, types.int64, h, ro_u32_1d)
-                     for h in (ro_intp_1d, ro_u32_1d)))(_ring_push)
+ring_push = kernel(*(types.int64(u64_1d, u32_1d, u32_1d, types.int64, h, ra_u32_1d)
+                     for h in (ra_intp_1d, ra_u32_1d)))(_ring_push)
 ring_push.__doc__ = """The producer's push of a ring whose header is `idx` (u64 words; head at
 0) and slots `hcol`/`wcol`: as many of `hs` (with `ws` beside them, unless
 `ws` is empty) as fit before the index at `lim` (the tail; a tx ring's too)

@@ -176,13 +176,12 @@ class Ring:
         if not n:
             return 0
         hs = handles
-        if not (isinstance(hs, np.ndarray) and hs.dtype in _HANDLE_DTYPES and hs.ndim == 1
-                and hs.flags.c_contiguous):
-            hs = np.ascontiguousarray(np.asarray(hs).ravel(), dtype=np.intp)
+        if not (type(hs) is np.ndarray and hs.dtype in _HANDLE_DTYPES and hs.ndim == 1):
+            hs = np.asarray(hs).ravel().astype(np.intp, copy=False)  # (any stride will do)
         if words is None:
             ws = _NO_WORDS
         else:
-            ws = np.ascontiguousarray(np.asarray(words).ravel(), dtype=np.uint32)
+            ws = np.asarray(words).ravel().astype(np.uint32, copy=False)
             if len(ws) < n:
                 raise ValueError(f"{len(ws)} words for {n} handles")
         return _PUSH[hs.dtype](self._idx_np, self._h, self._w, _T, hs, ws)  # type: ignore[operator]

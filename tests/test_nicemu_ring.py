@@ -38,6 +38,24 @@ def test_words_travel_with_handles():
     assert r.pop_many() == [5, 6, 7]
 
 
+def test_any_handle_array_pushes_as_its_values():
+    """The compiled push takes handle batches of either dtype, strided or not, read-only
+    or not, lists and words of other types; what pops is the values given."""
+    r = Ring.over(64)
+    base = np.arange(1, 41, dtype=np.intp)
+    ro = np.arange(100, 104, dtype=np.uint32)
+    ro.flags.writeable = False
+    cases = [base[::2], base[::-3], base.astype(np.uint32)[1::4], ro, [7, 8, 9],
+             np.array([[11, 12], [13, 14]]).T.ravel()]
+    for hs in cases:
+        words = np.asarray(hs, dtype=np.int64)[::-1] + 1000
+        assert r.push_many(hs, words) == len(hs)
+        assert r.peek_words().tolist() == words.tolist()
+        assert r.pop_many() == [int(x) for x in np.asarray(hs).ravel()]
+    with pytest.raises(ValueError, match="words for"):
+        r.push_many([1, 2, 3], [9])
+
+
 def test_wraparound_many_times():
     r = Ring.over(16)
     nxt = 1

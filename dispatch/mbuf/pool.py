@@ -310,6 +310,15 @@ class MbufPool:
         self.cached_tag = (L.ST_CACHED << L.STATE_SHIFT) | self.slot
         self._meta_inuse1 = np.uint64(1 | self.inuse_tag << 32)  # refcount 1, ours
         self._meta_cached = np.uint64(self.cached_tag << 32)  # refcount 0, in our cache
+        # getcl_take's arguments around the per-call ones (built once: a tuple of 16
+        # costs a microsecond on this machine's interpreter)
+        self._getcl_pre = (self._mh, self._meta64, self._bc, self._bn)
+        self._getcl_post = (self._stk, self._sreg, self._tops_np, self._lockw, self._lock_tag,
+                            self.cached_tag, self._bucket_np)
+        self._freem_pre = (self._mh, self._meta64, self._cl_zone_np)
+        self._freem_post = (self._bc, self._bn, self._cmax_np, self.cached_tag, self._meta_cached,
+                            self._stk, self._sreg, self._tops_np, self._lockw, self._lock_tag,
+                            self._bucket_np)
         self._t_plain = memoryview(array("I", [0, 0, L.M_DAT_OFF, 0, L.MT_DATA, 0,
                                                self.inuse_tag, 0]))
         self._t_hdr = memoryview(array("I", [0, 0, L.M_PKTDAT_OFF, 0, L.MT_DATA, L.M_PKTHDR,
@@ -417,6 +426,7 @@ class MbufPool:
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
         del self._meta64, self._lockw, self._zone_locks, self._ref_locks, self._stk
+        del self._getcl_pre, self._getcl_post, self._freem_pre, self._freem_post
         del self._own_col, self._ext_col
         self._seg_np = self._seg64_np = None
         del self._tops_np
@@ -631,14 +641,13 @@ class MbufPool:
     # ------------------------------------------------------------- batches
     def getcl_batch(self, n: int, size: int = L.MCLBYTES) -> np.ndarray:
         """n packet-header mbufs with clusters (an rx ring refill). May return fewer."""
-        z = L.zone_for_size(size)
+        z = 1 if size == L.MCLBYTES else L.zone_for_size(size)
         if not z:
             raise PoolError(f"cluster size {size} too large: zones are {L.CLUSTER_SIZES}")
         if 0 < n <= _BATCH_MAX:  # the compiled path, once the caches hold n of each
             out = np.empty(n, dtype=np.intp)
-            args = (self._mh, self._meta64, self._bc, self._bn, z, n, self._t_rx,
-                    self._meta_inuse1, out, self._stk, self._sreg, self._tops_np, self._lockw,
-                    self._lock_tag, self.cached_tag, self._bucket_np)
+            args = (*self._getcl_pre, z, n, self._t_rx, self._meta_inuse1, out,
+                    *self._getcl_post)
             if _getcl_take(*args) > 0:
                 return out
             self._fill_batch(0, n)  # (the pool may be short, or a zone lock was busy)
@@ -711,10 +720,7 @@ class MbufPool:
             return
         arr = _handles(handles)
         if n <= _BATCH_MAX:
-            r = _freem_fast[arr.dtype](self._mh, self._meta64, self._cl_zone_np, arr, self._bc,
-                                       self._bn, self._cmax_np, self.cached_tag,
-                                       self._meta_cached, self._stk, self._sreg, self._tops_np,
-                                       self._lockw, self._lock_tag, self._bucket_np)
+            r = _freem_fast[arr.dtype](*self._freem_pre, arr, *self._freem_post)
             if r >= 0:
                 z = 0
                 while r:
