@@ -24,6 +24,13 @@ from a folder it cannot write).
 
 Every kernel is an exact transcription of a Python path that stays in the
 code for the unusual cases; the tests hold the two to identical results.
+
+Two more things live here because kernels over shared memory need them:
+`entry` (a kernel's compiled entry point, called without the dispatcher's
+type resolution: half the per-call cost, for callers whose arguments are
+their own arrays of the declared types) and CPU atomics as numba intrinsics
+(`cas32`, `load_acquire`, `store_release`, `cpu_relax`: numba has none for
+the CPU), which the segments' spin locks and the descriptor rings use.
 """
 
 from __future__ import annotations

@@ -50,3 +50,37 @@ def test_a_kernel_takes_its_signatures_and_refuses_other_types():
     assert add_first(np.array([40], np.int64), 2) == 42
     with pytest.raises(TypeError):
         add_first(np.array([40.0]), 2)  # float64 is not a declared signature
+
+
+@jit.kernel(jit.types.uint32(jit.u32_1d, jit.types.int64, jit.types.uint32, jit.types.uint32))
+def _cas(words, i, exp, new):  # type: ignore[no-untyped-def]
+    return jit.cas32(words, i, exp, new)
+
+
+@jit.kernel(jit.types.uint64(jit.u64_1d, jit.types.int64, jit.types.uint64))
+def _publish_then_read(idx, i, v):  # type: ignore[no-untyped-def]
+    jit.store_release(idx, i, v)
+    jit.cpu_relax()
+    return jit.load_acquire(idx, i)
+
+
+def test_cas32_swaps_only_on_the_expected_value_and_returns_the_old_one():
+    w = np.array([0, 7], np.uint32)
+    assert _cas(w, 1, 0, 9) == 7 and w[1] == 7  # not expected: unchanged
+    assert _cas(w, 1, 7, 9) == 7 and w[1] == 9  # expected: swapped
+    assert _cas(w, 0, 0, 0xFFFFFFFF) == 0 and w[0] == 0xFFFFFFFF
+
+
+def test_release_store_and_acquire_load_round_trip():
+    idx = np.zeros(4, np.uint64)
+    assert _publish_then_read(idx, 2, 1 << 40) == 1 << 40 and idx[2] == 1 << 40
+
+
+def test_entry_points_skip_type_resolution_for_exact_arguments():
+    w = np.array([3], np.uint32)
+    fast = jit.entry(_cas)
+    assert fast(w, 0, 3, 4) == 3 and w[0] == 4
+    from dispatch.mbuf import kernels as K
+
+    by = jit.entries_by_dtype(K.freem_fast, 3)
+    assert set(by) == {np.dtype(np.intp), np.dtype(np.uint32)}
