@@ -77,7 +77,7 @@ def test_top_and_netstat_watch_follow_a_running_experiment(runtime_dir):
     none = _dispatch("top", "--once", env=env)
     assert none.returncode == 1 and "no running experiment" in none.stderr
     proc = subprocess.Popen([sys.executable, "-m", "dispatch.cli", "run", "--model", "deferred",
-                             "--rate", "5k", "--duration", "4"], env=env,
+                             "--rate", "5k", "--duration", "8"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 30
@@ -85,6 +85,8 @@ def test_top_and_netstat_watch_follow_a_running_experiment(runtime_dir):
             assert proc.poll() is None and time.monotonic() < deadline, "no live state"
             time.sleep(0.1)
         run_id = next(runtime_dir.glob(f"demu-{proc.pid}-*.json")).stem
+        wrong = _dispatch("top", "demu-nope", "--once", env=env)  # (while the run is up)
+        assert wrong.returncode == 1 and run_id in wrong.stderr
         top = _dispatch("top", run_id, "--once", env=env)
         assert top.returncode == 0, top.stderr
         assert f"dispatch top - {run_id}" in top.stdout
@@ -96,8 +98,6 @@ def test_top_and_netstat_watch_follow_a_running_experiment(runtime_dir):
         assert ns.returncode == 0, ns.stderr
         assert ns.stdout.count("Workstreams:") == 2
         assert ns.stdout.count("mbufs in use (current/cache/total)") == 2
-        wrong = _dispatch("top", "demu-nope", "--once", env=env)
-        assert wrong.returncode == 1 and run_id in wrong.stderr
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import select
 import shutil
 import signal
 import socket
@@ -380,13 +381,19 @@ def test_an_attached_role_outlives_a_controller_that_dies_mid_run(keys: Path) ->
     doomed = subprocess.Popen([sys.executable, "-m", "dispatch.cli", "run", "--model", "direct",
                                "--source", "trafgen", "--rate", "2000", "--duration", "60"],
                               env=env, cwd=ROOT, start_new_session=True,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
+        # wait for the run's first progress line: traffic flows, so the generator is
+        # in its data loop (a fixed wait after the segments appeared raced the roles'
+        # start-up on a slow machine: the controller died before the agent attached)
         deadline = time.monotonic() + 60
-        while not any(f"demu-{doomed.pid}-" in n for n in os.listdir("/dev/shm")):
-            assert time.monotonic() < deadline and doomed.poll() is None
-            time.sleep(0.1)
-        time.sleep(3)  # the run is under way: the generator is in its data loop
+        assert doomed.stderr is not None
+        while True:
+            assert time.monotonic() < deadline and doomed.poll() is None, "no traffic"
+            ready, _, _ = select.select([doomed.stderr], [], [], 1.0)
+            if ready and "[traffic]" in doomed.stderr.readline():
+                break
+        time.sleep(0.5)
         os.killpg(doomed.pid, signal.SIGKILL)  # the controller and the roles it spawned
         doomed.wait()
         cfg = RunConfig(model="direct", source="trafgen", rate=5000, count=1000, duration=None)
@@ -403,6 +410,8 @@ def test_an_attached_role_outlives_a_controller_that_dies_mid_run(keys: Path) ->
         if doomed.poll() is None:
             os.killpg(doomed.pid, signal.SIGKILL)
             doomed.wait()
+        if doomed.stderr is not None:
+            doomed.stderr.close()
         for name in os.listdir("/dev/shm"):  # what the killed controller could not remove
             if name.startswith(f"demu-{doomed.pid}-"):
                 suffix = name.split("-")[2].split(".")[0]
