@@ -101,7 +101,6 @@ def dma_rx(mh, mq, seg, cl_base, handles, data, doff, blk, rows,  # type: ignore
     tally[3] = l3bad
 
 
-
 def _ring_push(idx, hcol, wcol, lim, hs, ws):  # type: ignore[no-untyped-def]
     cap = hcol.shape[0]
     head = np.int64(idx[0])

@@ -48,6 +48,7 @@ from dispatch.mbuf.segment import (
     forget,
     shm_path,
 )
+from nicemu import kernels as _nk
 
 __all__ = [
     "RING_MAGIC",
@@ -73,16 +74,10 @@ _NO_WORDS = np.zeros(0, np.uint32)
 _HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))
 
 
-def _kernels() -> tuple[dict[np.dtype, object], object]:
-    # (imported here: nicemu.kernels imports nicemu.offload, which needs nothing of this
-    # module, but keeps this module importable on its own for the pure-Python parts)
-    from nicemu import kernels as k
-    return entries_by_dtype(k.ring_push, 4), entry(k.ring_pop)
-
-
 # entry points (jit.entry: no type checks): their arguments are the ring's own views,
-# ints, and handle/word batches made exact 1-d C-contiguous arrays by the methods
-_PUSH, _POP = _kernels()
+# ints, and handle / word batches the methods made 1-d arrays of the declared dtypes
+_PUSH = entries_by_dtype(_nk.ring_push, 4)
+_POP = entry(_nk.ring_pop)
 
 
 def check_ring_size(size: int) -> int:

@@ -42,7 +42,7 @@ from . import layout as L
 from .segment import (
     LOCK_OWNERS,
     LOCKS_OFF,
-    NLOCKS,
+    NLOCK_WORDS,
     PAGE,
     TOPS_OFF,
     OfdLock,
@@ -278,7 +278,7 @@ class MbufPool:
         self._own_col = self._mh[:, L.W_OWNER]
         self._ext_col = self._mh[:, L.W_EXT]
         self._owner_lock = OfdLock(fd, LOCK_OWNERS)
-        self._lockw = np.frombuffer(mm, np.uint32, 2 * NLOCKS, LOCKS_OFF)
+        self._lockw = np.frombuffer(mm, np.uint32, NLOCK_WORDS, LOCKS_OFF)
         # every zone's free stack as one array (for the kernels that refill and flush
         # inside a batch operation), zone z's at _stk[_sreg[2z] : _sreg[2z + 1]]
         stk_words = (g.stack_off[-1] + 4 * counts[-1] - g.stack_off[0]) // 4
@@ -304,7 +304,7 @@ class MbufPool:
         self._lock_tag = self.slot + 1
         self._zone_locks = [SpinLock(self._lockw, z, self._lock_tag, self._tag_alive)
                             for z in range(L.NZONES)]
-        self._ref_locks = [SpinLock(self._lockw, REF_LOCK_BASE + z, self.slot + 1,
+        self._ref_locks = [SpinLock(self._lockw, REF_LOCK_BASE + z, self._lock_tag,
                                     self._tag_alive) for z in range(L.NZONES)]
         self.inuse_tag = (L.ST_INUSE << L.STATE_SHIFT) | self.slot
         self.cached_tag = (L.ST_CACHED << L.STATE_SHIFT) | self.slot

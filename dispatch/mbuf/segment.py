@@ -46,13 +46,13 @@ PAGE = 4096
 # the four cluster counts, then per-zone free-stack tops (u32) at TOPS_OFF.
 SUPER = struct.Struct("<8sIIQ5I")
 TOPS_OFF = 256  # 5 x u32 free-stack tops, one per zone
-#: 16 x u32 spin-lock words (spinlock.SpinLock): 0..4 the zones' free stacks, 8..12 their
-#: shared-cluster refcounts; on the tops' cache line, which a holder touches next
+#: NLOCK_WORDS u32 spin-lock words (spinlock.SpinLock): 0..4 the zones' free stacks, 8..12
+#: their shared-cluster refcounts; on the tops' cache line, which a holder touches next
 LOCKS_OFF = TOPS_OFF + 32
-NLOCKS = 8
+NLOCK_WORDS = 16
 FLOCK = struct.Struct("@hhqqi")
 _FLOCK_PAD = b"\0" * 4
-LOCK_OWNERS = 64  # lock byte for the owner table (zones use bytes 0..4)
+LOCK_OWNERS = 64  # OFD lock byte for the owner table
 
 
 class _Closable(Protocol):

@@ -1,20 +1,21 @@
-"""A cross-process spin lock on a word of the pool segment: the zone locks.
+"""A cross-process spin lock on a word of a shared segment: the pool's zone and
+refcount locks, netisr's workstream locks, the socket table's pcb lock.
 
-Why it exists: the pool's zone locks (taken once per bucket refill or flush,
-and per shared-cluster refcount change) were open-file-description locks,
-two fcntl system calls per critical section. On the machines this project
+Why it exists: these were open-file-description locks, two fcntl system
+calls per critical section, taken per bucket refill or flush (the pool), per
+batch (netisr, pcb) and per send (pcb). On the machines this project
 runs on (a Firecracker VM) a system call costs about 3 us, so a lock and
 unlock was 6 us: a cross-process allocate/free pipeline paid about 20 us
 per bucket and zone, more than the pool's own work on the bucket
 (docs/BENCHMARKS.md, "fourth round"). Here a lock is a u32 word in the
 segment, taken with an atomic compare-and-swap from compiled code
-(`jit.cas32`), about
-0.3 us to take and release from Python, nothing inside a kernel.
+(`jit.cas32`): about 1 us to take and release from Python, nothing inside a
+kernel.
 
-A locked word holds the holder's owner tag (its slot + 1), so a waiter can
-tell who holds it. What the kernel did for an fcntl lock when its holder
+A locked word holds the holder's tag (a pool owner's slot + 1, else the
+taker's pid), so a waiter can tell who holds it. What the kernel did for an fcntl lock when its holder
 died, a waiter does here: after spinning a while it yields the CPU, and
-every few dozen yields it looks the holder up in the owner table; a holder
+every few dozen yields it asks whether the holder still runs; a holder
 whose process is gone has its lock broken. (What the dead holder was doing
 may be half done; `MbufPool.reclaim`, which the controller runs for a dead
 role, rebuilds the free stacks from the buffer states, as it did before.)
