@@ -66,6 +66,12 @@ class InternalSource:
         return self._cls.queues.tolist()
 
     def _batch(self, start: int, n: int) -> tuple[list[bytes], Classified, FlatFrames]:
+        if n < self.batch and self._cacheable:  # a prefix of the full batch, as views
+            frames, cls, (data, doff) = self._batch(start, self.batch)
+            end = int(doff[n])
+            return (frames[:n], Classified(cls.blk[:n], cls.queues[:n], cls.lens[:n],
+                                           None if cls.lro is None else cls.lro[:n]),
+                    (data[:end], doff[:n]))
         key = (start, n)
         hit = self._cache.get(key)
         if hit is not None:

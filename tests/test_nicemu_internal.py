@@ -57,6 +57,30 @@ def test_templates_cycle_through_the_same_path(pool):
     assert pool.audit().whole
 
 
+@pytest.mark.parametrize("sizes", [[3, 5, 8, 1, 7], [8, 2, 2, 2, 2, 8]])
+def test_short_batches_continue_the_template_cycle(pool, sizes):
+    # a burst cut short by ring room takes a prefix of the cached full batch: the
+    # frames, their pkthdr words and their order are those of a one-by-one source
+    tm = templates(5)
+    with Nic(pool, NicConfig(ring_size=64)) as nic:
+        src = InternalSource(nic, tm, batch=8)
+        host = RxQueueHost(nic.rings, 0, pool)
+        got = []
+        for k, n in enumerate(sizes):
+            src.produce(1000 + k, n)
+            hs = host.harvest()
+            assert len(hs) == n
+            for m in hs:
+                got.append(pool.chain_bytes(m))
+                assert pool.hget(m, L.W_PKTLEN) == len(got[-1])
+                assert pool.hget(m, L.W_FLOWID) == src.hashes[tm.index(got[-1])]
+                assert pool.tstamp(m, L.TS_WIRE) == 1000 + k
+            pool.freem_batch(hs)
+        assert got == [tm[i % 5] for i in range(sum(sizes))]
+        assert src.offered == sum(sizes) == nic.counters.ipackets
+    assert pool.audit().whole
+
+
 def test_full_ring_counts_missed(pool):
     with Nic(pool, NicConfig(ring_size=16)) as nic:
         src = InternalSource(nic, templates(3), batch=10, stamp_wire=False)

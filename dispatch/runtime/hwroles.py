@@ -367,7 +367,7 @@ class NicRole:
             from dispatch.runtime.workload import template_frames
             from nicemu.internal import InternalSource
 
-            self.src = InternalSource(self.nic, template_frames(cfg), batch=cfg.batch)
+            self.src = InternalSource(self.nic, template_frames(cfg), batch=self._burst(cfg))
         else:
             from nicemu.wire import WireRx
 
@@ -512,7 +512,9 @@ class NicRole:
             if producing:
                 src = self.src
                 assert src is not None
-                n = cfg.batch if remaining is None else min(cfg.batch, remaining)
+                n = cfg.batch if paced else src.batch
+                if remaining is not None:
+                    n = min(n, remaining)
                 if paced:
                     # release a batch when it is due, but hold no frame more than
                     # MAX_HOLD_NS (as the generator's Pacer does): small batches
@@ -599,6 +601,15 @@ class NicRole:
         sock = self.doorbell
         while sock.get(zmq.EVENTS) & zmq.POLLIN:
             sock.recv(zmq.NOBLOCK)
+
+    @staticmethod
+    def _burst(cfg: RunConfig) -> int:
+        """Frames the internal source offers per turn at max rate: a burst up to
+        WIRE_BUDGET (as the NIC takes off its wire per turn), at most a quarter ring,
+        at least a batch; paced, a batch at most (see `run`)."""
+        if cfg.rate != float("inf"):
+            return cfg.batch
+        return max(cfg.batch, min(WIRE_BUDGET, cfg.ring_size // 4))
 
     def _source_done(self) -> None:
         if not self.done_sent:
