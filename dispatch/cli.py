@@ -145,7 +145,7 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qlimit", type=int, default=256, help="netisr queue limit (max 10240)")
     p.add_argument("--batch", type=int, default=32, help="handles per message and per round")
     p.add_argument("--quota", type=int, default=64, help="polling: packets per poll round")
-    from dispatch.runtime.config import TX_DISPATCH, WORKLOADS
+    from dispatch.runtime.config import SCHEDS, TX_DISPATCH, WORKLOADS
 
     p.add_argument("--workload", default="rx", choices=WORKLOADS,
                    help="rx: generator -> sockets; tx: user threads send to the generator; "
@@ -198,6 +198,9 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="net.isr.bindthreads: netisr worker i on CPU i")
     p.add_argument("--ithread-prio", action="store_true",
                    help="run ithreads at higher priority (SCHED_FIFO where permitted)")
+    p.add_argument("--sched", default="other", choices=SCHEDS,
+                   help="every role's scheduling policy: other (the default), or batch "
+                        "(SCHED_BATCH: no wakeup preemption; more throughput, less latency)")
     p.add_argument("--seed", type=int, default=1)
 
 
@@ -221,7 +224,7 @@ def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
         flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,
         sockets_auto=args.sockets == "auto", digest=args.digest, rxcsum=not args.no_rxcsum,
         lro=args.lro, cpus=tuple(args.cpu), bindthreads=args.bindthreads,
-        ithread_prio=args.ithread_prio, seed=args.seed,
+        ithread_prio=args.ithread_prio, sched=args.sched, seed=args.seed,
     ).validate()
 
 

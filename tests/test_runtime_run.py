@@ -212,6 +212,16 @@ def test_the_ithread_can_be_given_a_higher_priority():
     assert r["sched"] == "fifo" or r["nice"] < 0
 
 
+def test_every_role_can_run_under_sched_batch_and_the_ithread_prio_still_wins():
+    doc = run_sync(small(model="deferred", count=300, sched="batch", ithread_prio=True))
+    assert doc["conservation"]["ok"] and doc["delivered"] == 300
+    assert doc["config"]["sched"] == "batch"
+    for name in ("nic0", "netisr0", "user0"):
+        assert doc["roles"][name]["sched"] == "batch", name
+    r = doc["roles"]["ithread0"]
+    assert r["sched"] == "fifo" or (r["sched"] == "batch" and r["nice"] < 0)
+
+
 def test_the_shared_captures_are_there():
     # the capture tests are parametrised over this folder: an empty glob must not pass
     assert len(list(CAPTURES.glob("*.pcap*"))) == 4, f"no captures under {CAPTURES}"

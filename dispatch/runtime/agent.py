@@ -280,6 +280,11 @@ class Agent:
                         raise ValueError(f"no role named {self.role!r}; known: "
                                          f"{sorted(_FACTORIES)}")
                     self.impl = factory(self, self.plan)
+                    cfg = self.plan.get("config") or {}
+                    if "sched" in cfg:  # every thread now exists (ZeroMQ's I/O threads too)
+                        from dispatch.runtime import sched
+
+                        sched.apply(str(cfg["sched"]))
                     self.send({"type": "ready", "role": self.name})
                 elif t == "start":
                     self.draining = False

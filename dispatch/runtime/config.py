@@ -21,6 +21,12 @@ SOURCES = ("internal", "trafgen")
 PROTOS = ("udp", "tcp")
 WORKLOADS = ("rx", "tx", "rr", "forward")
 TX_DISPATCH = ("direct", "deferred")
+#: the Linux scheduling policy of the host's and NIC's roles (every thread): "other" is
+#: the default time-sharing policy; "batch" (SCHED_BATCH) gives up wakeup preemption,
+#: so a role woken by another's handoff waits for the running one's slice instead of
+#: preempting it: fewer context switches, more throughput, less latency when cores
+#: are all busy (see docs/BENCHMARKS.md)
+SCHEDS = ("other", "batch")
 TXQ_LIMIT_MAX = 16384
 
 
@@ -77,6 +83,7 @@ class RunConfig:
     cpus: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (role, CPUs): pin every instance
     bindthreads: bool = False  # net.isr.bindthreads: netisr worker i on CPU i % ncpu
     ithread_prio: bool = False  # ithreads at higher priority (SCHED_FIFO, else nice -10)
+    sched: str = "other"  # every role's scheduling policy (SCHEDS); --ithread-prio still wins
     seed: int = 1
     workload: str = "rx"  # rx: generator -> sockets; tx: users send; rr: request/response;
     # forward: the host routes between its two ports
@@ -140,6 +147,8 @@ class RunConfig:
             if self.workload == "rr" or self.source != "trafgen":
                 raise ConfigError("--impair needs --source trafgen and a workload of rx, tx "
                                   "or forward")
+        if self.sched not in SCHEDS:
+            raise bad("sched", self.sched, f"one of {', '.join(SCHEDS)}")
         if self.source not in SOURCES:
             raise bad("source", self.source, f"one of {', '.join(SOURCES)}")
         if self.proto not in PROTOS:

@@ -41,8 +41,9 @@ class Child:
         """The CPUs, scheduling policy and nice value the process actually has."""
         try:
             cpus = sorted(os.sched_getaffinity(self.pid))
-            policy = {os.SCHED_OTHER: "other", os.SCHED_FIFO: "fifo",
-                      os.SCHED_RR: "rr"}.get(os.sched_getscheduler(self.pid), "other")
+            from dispatch.runtime.sched import policy_name
+
+            policy = policy_name(self.pid)
             nice = os.getpriority(os.PRIO_PROCESS, self.pid)
         except (ProcessLookupError, PermissionError, OSError):
             return {}
