@@ -51,6 +51,39 @@ def test_runner_routes_drops_and_keeps_order(pool_name):
         assert pool.audit().whole
 
 
+def test_array_batches_reach_array_stages_whole_and_others_as_lists(pool_name):
+    import numpy as np
+
+    from dispatch.stages import base as B
+
+    with MbufPool.create(pool_name, PoolConfig(nmbufs=64, nclusters=0, njumbop=0, njumbo9=0,
+                                                njumbo16=0)) as pool:
+        ctx = Ctx(pool)
+        got: dict[str, object] = {}
+
+        def takes_arrays(ctx, batch):
+            got["x"] = batch
+            return {"y": batch[:2], "out": batch[2:]}
+
+        def takes_lists(ctx, batch):
+            got["y"] = batch
+            return {"out": batch}
+
+        B._ARRAYS.add(takes_arrays)
+        try:
+            ms = np.array([pool.gethdr() for _ in range(5)], np.uint32)
+            out = Runner(ctx, {"x": takes_arrays, "y": takes_lists}).run("x", ms, now=1)
+        finally:
+            B._ARRAYS.discard(takes_arrays)
+        assert got["x"] is ms  # no conversion on the way in
+        assert type(got["y"]) is list and got["y"] == ms[:2].tolist()
+        # two contributions to one non-local stage are joined, as a list, in order
+        assert out["out"] == ms[2:].tolist() + ms[:2].tolist()
+        pool.freem_batch(out["out"])
+        assert pool.audit().whole
+        assert B.as_list(ms) == ms.tolist() and B.as_list(got["y"]) is got["y"]
+
+
 def test_stats_merge():
     a, b = Stats(), Stats()
     a.add("ip.ips_total", 3)

@@ -31,7 +31,7 @@ from dispatch.packet.udp import build_udp
 from dispatch.stages import base as S
 from dispatch.stages import ether, inputfast, ip, udp
 from dispatch.stages import socket as so
-from dispatch.stages.base import Ctx, Runner, StackConfig
+from dispatch.stages.base import Ctx, Runner, StackConfig, as_list
 from dispatch.stages.frag import frag_flush
 from dispatch.stages.socktab import SocketTable
 
@@ -147,9 +147,12 @@ def observe(s: Setup) -> dict:
 @settings(max_examples=120, deadline=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(batches=batches, auto=st.booleans(), small=st.booleans(),
-       entry=st.sampled_from([S.ETHER_INPUT, S.ETHER_INPUT, S.IP_INPUT]))
+       entry=st.sampled_from([S.ETHER_INPUT, S.ETHER_INPUT, S.IP_INPUT]),
+       arrays=st.booleans())
 def test_fused_matches_stage_by_stage(batches: list[list[dict]], auto: bool, small: bool,
-                                      entry: str) -> None:
+                                      entry: str, arrays: bool) -> None:
+    # arrays: the fused side is handed its batches as u32 arrays, as a role hands them
+    # over (off a ring or a message); what comes out must be the same
     cfg = StackConfig(auto_sockets=auto, sb_hiwat=400 if small else 2 << 20)
     a, b = Setup(cfg, small, True), Setup(cfg, small, False)
     assert a.chain and not b.chain
@@ -164,10 +167,12 @@ def test_fused_matches_stage_by_stage(batches: list[list[dict]], auto: bool, sma
                     for rest in r0.values():
                         for m in rest:
                             s.pool.freem(m)
-                r = s.runner.run(entry, hs, 1000 + k)
-                rcv = r.pop(S.SORECEIVE, [])
+                given_hs = np.array(hs, np.uint32) if arrays and s is a else hs
+                r = s.runner.run(entry, given_hs, 1000 + k)
+                rcv = as_list(r.pop(S.SORECEIVE, []))
                 rows = s.pool.headers[np.array(rcv, dtype=np.intp)].copy()
-                got = {"routed": rcv, "rest": {kk: v for kk, v in r.items() if v},
+                got = {"routed": rcv, "rest": {kk: as_list(v) for kk, v in r.items()
+                                               if len(v)},
                        "rows": rows.tobytes(), **observe(s),
                        "headers": s.pool.headers.tobytes()}
                 for hs2 in r.values():

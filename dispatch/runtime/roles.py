@@ -39,7 +39,7 @@ from dispatch.runtime.result import (
 )
 from dispatch.runtime.transport import bind, connect
 from dispatch.stages import base as S
-from dispatch.stages.base import Ctx, Runner, StackConfig, declare_reasons
+from dispatch.stages.base import Ctx, Runner, StackConfig, as_list, declare_reasons
 
 QUEUE_DROPS = declare_reasons(
     "netisr", ("qdrop", "nws_qdrops", "packets dropped on a full netisr queue (QDrops)"))
@@ -147,24 +147,24 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
     still crossing ZeroMQ's I/O threads is waited for; one that never comes, its
     sender dead, ends the wait after COUNTED_WAIT_MS.) With `pending` 0 (an
     uncounted message woke the caller), whatever is there is taken instead.
-    Returns the handles, or with `staged` (two-part messages: stage, handles) a
-    list of (stage, handles)."""
-    out: Any = []
+    Returns the handles as one u32 array, or with `staged` (two-part messages:
+    stage, handles) a list of (stage, u32 array)."""
+    raws: list[bytes] = []
+    out: list[tuple[str, np.ndarray]] = []
     got = 0
     want = min(pending, most)
     try:
         while got < want or (got == 0 and sock.get(zmq.EVENTS) & zmq.POLLIN):
             if staged:
                 stage, raw = sock.recv_multipart(0 if got < want else zmq.NOBLOCK)
-                hs = _unpack(raw)
-                out.append((stage.decode(), hs))
+                out.append((stage.decode(), _unpack_array([raw])))
             else:
-                hs = _unpack(sock.recv(0 if got < want else zmq.NOBLOCK))
-                out.extend(hs)
-            got += len(hs)
+                raw = sock.recv(0 if got < want else zmq.NOBLOCK)
+                raws.append(raw)
+            got += len(raw) >> 2
     except zmq.Again:  # (the receive timeout: see COUNTED_WAIT_MS)
         pass
-    return out
+    return out if staged else _unpack_array(raws)
 
 
 def record_durations(h: Any, d: np.ndarray) -> None:
@@ -188,8 +188,13 @@ def record_durations(h: Any, d: np.ndarray) -> None:
 
 def _pack(hs: Any) -> bytes:
     if isinstance(hs, np.ndarray):
-        return hs.astype(np.uint32).tobytes()
+        return (hs if hs.dtype == np.uint32 else hs.astype(np.uint32)).tobytes()
     return array("I", hs).tobytes()
+
+
+def _unpack_array(raws: list[bytes]) -> np.ndarray:
+    """Handle messages as one (writable) u32 array: one join, no per-handle objects."""
+    return np.frombuffer(bytearray().join(raws), np.uint32)
 
 
 def _unpack(raw: bytes) -> list[int]:
@@ -247,13 +252,13 @@ class HostRole:
     # ------------------------------------------------------------- outputs
     def dispatch_out(self, routed: dict[str, list[int]], now: int) -> None:
         for stage, hs in routed.items():
-            if not hs:
+            if not len(hs):
                 continue
             if stage == S.SORECEIVE:
                 self.to_users(hs)
             elif stage == S.IF_TRANSMIT:
                 self.pool.stamp_batch(hs, TS_SENT, now)
-                self.transmit(hs)
+                self.transmit(as_list(hs))
             else:
                 self.other_stage(stage, hs, now)
 
@@ -269,7 +274,7 @@ class HostRole:
             return
         w = self.pool.w
         groups: dict[int, list[int]] = defaultdict(list)
-        for m in hs:
+        for m in as_list(hs):
             groups[self.sockets.user_of(w[(m << 6) + L.W_SOCKID] - 1)].append(m)
         for u, g in groups.items():
             self._to_user(u, g)
@@ -375,9 +380,9 @@ class HostRole:
         through this role's stages, and hand on what leaves them."""
         out: dict[str, list[int]] = {}
         for stage, hs in routed.items():
-            if hs:
+            if len(hs):
                 for k, v in self.runner.run(stage, hs, now).items():
-                    out.setdefault(k, []).extend(v)
+                    out.setdefault(k, []).extend(as_list(v))
         if out:
             self.dispatch_out(out, now)
 
@@ -457,6 +462,10 @@ class IthreadRole(HostRole):
         self.policy = self.cfg["policy"]
         self.qlimit = int(self.cfg["qlimit"])
         self.nworkers = self.isr.nws
+        #: the workstream of every packet, unless the policy is flow over several workers
+        self.fixed_ws = None if self.nworkers > 1 and self.policy == "flow" else \
+            choose_workstream(self.policy, flowid=0, source=self.q, cpu=self.q,
+                              workers=self.nworkers)
         self.direct = all(plan["stages"][s] == "ithread" for s in NETISR_STAGES)
         self.irq_sock = self.zctx.socket(zmq.PULL)
         self.irq_sock.setsockopt(zmq.LINGER, 0)
@@ -546,33 +555,26 @@ class IthreadRole(HostRole):
         pool = self.pool
         pool.adopt(hs, stamp=L.TS_ITHREAD, now=now)
         self.counts["packets"] += len(hs)
-        lst = hs.tolist()
         if self.toe:  # the NIC already ran ether, ip and tcp: deliver to the sockets
-            self.to_users(lst)
+            self.to_users(hs)
             return
         if self.direct:
-            self.count_direct(lst)
+            self.count_direct(hs)
         with self.tcp_lock:
-            self.dispatch_out(self.runner.run(S.ETHER_INPUT, lst, now), now)
+            self.dispatch_out(self.runner.run(S.ETHER_INPUT, hs, now), now)
 
-    def count_direct(self, hs: list[int]) -> None:
-        w = self.pool.w
-        n = self.nworkers
-        if n == 1 or self.policy != "flow":
-            ws = choose_workstream(self.policy, flowid=0, source=self.q, cpu=self.q, workers=n)
-            self.isr.count_dispatch(self.q, ws, len(hs))
+    def count_direct(self, hs: np.ndarray) -> None:
+        if self.fixed_ws is not None:
+            self.isr.count_dispatch(self.q, self.fixed_ws, len(hs))
             return
-        per: dict[int, int] = defaultdict(int)
-        for m in hs:
-            per[w[(m << 6) + L.W_FLOWID] % n] += 1
-        for ws, k in per.items():
-            self.isr.count_dispatch(self.q, ws, k)
+        per = np.bincount(self.pool.headers[hs.astype(np.intp), L.W_FLOWID] % self.nworkers)
+        for ws in np.flatnonzero(per).tolist():
+            self.isr.count_dispatch(self.q, ws, int(per[ws]))
 
     def other_stage(self, stage: str, hs: list[int], now: int) -> None:
         if stage not in NETISR_STAGES:
             raise RuntimeError(f"ithread cannot route to stage {stage!r}")
-        groups = self.by_workstream(hs)
-        for ws, g in groups.items():
+        for ws, g in self.by_workstream(hs).items():
             if self.hybrid and self.isr.try_inline(ws):
                 try:
                     self.isr.count_dispatch(self.q, ws, len(g), hybrid=True)
@@ -585,20 +587,19 @@ class IthreadRole(HostRole):
             if fit < len(g):
                 self.ctx.drop_many(g[fit:], QUEUE_DROPS.qdrop)
             if fit:
-                sent = g[:fit]
+                sent = g[:fit] if fit < len(g) else g
                 self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, time.monotonic_ns())
                 self.workers[ws].send_multipart([stage.encode(), _pack(sent)])
 
-    def by_workstream(self, hs: list[int]) -> dict[int, list[int]]:
+    def by_workstream(self, hs: Any) -> dict[int, Any]:
         """The placement policy over a batch: one workstream for all of it unless the
-        policy is `flow` with several workers (then by flowid % workers, vectorised)."""
-        n = self.nworkers
-        if n == 1 or self.policy != "flow":
-            return {choose_workstream(self.policy, flowid=0, source=self.q, cpu=self.q,
-                                      workers=n): hs}
+        policy is `flow` with several workers (then by flowid % workers, vectorised,
+        each group in batch order)."""
+        if self.fixed_ws is not None:
+            return {self.fixed_ws: hs}
         arr = np.asarray(hs, dtype=np.intp)
-        ws = self.pool.headers[arr, L.W_FLOWID] % n
-        return {int(k): arr[ws == k].tolist() for k in np.unique(ws)}
+        ws = self.pool.headers[arr, L.W_FLOWID] % self.nworkers
+        return {int(k): arr[ws == k] for k in np.unique(ws)}
 
     def close(self) -> None:
         self.irq_sock.close(linger=0)
@@ -633,18 +634,19 @@ class NetisrRole(HostRole):
         Draining up to four batches per wakeup (as a netisr thread drains its
         queue per run) spreads the loop's fixed cost (poll, timers, tx reclaim)
         over more packets: +27 % deferred pps at batch 32 on 2 cores."""
-        work: dict[str, list[int]] = {}
+        parts: dict[str, list[np.ndarray]] = {}
         n = 0
         for stage, hs in receive_counted(self.sock, self.isr.qlen(self.ws), 4 * self.batch,
                                          staged=True):
-            work.setdefault(stage, []).extend(hs)
+            parts.setdefault(stage, []).append(hs)
             n += len(hs)
         if not n:
             return False
         now = time.monotonic_ns()
         self.isr.worker_begin(self.ws)
         try:
-            for stage, hs in work.items():
+            for stage, arrs in parts.items():
+                hs = arrs[0] if len(arrs) == 1 else np.concatenate(arrs)
                 self.pool.adopt(hs, stamp=L.TS_NETISR_START, now=now)
                 if self.slow_ns:  # a deliberately slowed worker (tests of qlimit)
                     time.sleep(self.slow_ns * len(hs) / 1e9)
@@ -701,13 +703,13 @@ class UserRole(HostRole):
         the loop's fixed cost per wakeup spread over more packets (+33 % direct
         pps at batch 32 on 2 cores). False if nothing was queued."""
         hs = receive_counted(self.sock, self.uq.qlen(self.uq_me), 4 * self.batch)
-        if not hs:
+        if not len(hs):
             return False
         self.uq.count_dequeue(self.uq_me, len(hs))
         stamps = self.pool.adopt(hs, stamps=True)  # a copy: the stage frees the mbufs
         if self.rr:  # the sockets that got requests (read before soreceive frees them)
             w = self.pool.w
-            sids = {w[(m << 6) + L.W_SOCKID] - 1 for m in hs}
+            sids = {w[(m << 6) + L.W_SOCKID] - 1 for m in hs.tolist()}
         with self.tcp_lock:
             self.runner.run(S.SORECEIVE, hs, time.monotonic_ns())
         self.keep_samples(stamps, self.ctx.now)

@@ -51,6 +51,10 @@ OUTPUT_STAGES = (SOSEND, TCP_OUTPUT, UDP_OUTPUT, IP_OUTPUT, IP6_OUTPUT, ETHER_OU
 
 Routed = dict[str, list[int]]
 StageFn = Callable[["Ctx", list[int]], Routed]
+#: a batch as a role hands it over: a list of handles, or a 1-D integer array of them
+#: (as decoded off a message or popped off a ring); stages registered with
+#: ``arrays=True`` and fused paths take either, the others get a list
+Batch = Any
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,22 +189,37 @@ class Ctx:
         self.stats.counters[f"absorbed.{stage}"] += 1
         self.pool.freem(m)
 
-    def drop_many(self, ms: list[int], reason: Reason) -> None:
-        if ms:
+    def drop_many(self, ms: Batch, reason: Reason) -> None:
+        if len(ms):
             self.stats.drops[reason.stage][reason.name] += len(ms)
             self.pool.freem_batch(ms)
 
 
 _REGISTRY: dict[str, StageFn] = {}
+_ARRAYS: set[StageFn] = set()  # stage functions that take array batches too
 
 
-def stage(name: str) -> Callable[[StageFn], StageFn]:
-    """Register a stage function under its name (one name, one function)."""
+def as_list(batch: Batch) -> list[int]:
+    """A batch as a list of handles (a list is returned as is)."""
+    return batch if type(batch) is list else batch.tolist()
+
+
+def _cat(a: Batch, b: Batch) -> list[int]:
+    return as_list(a) + as_list(b)
+
+
+def stage(name: str, *, arrays: bool = False) -> Callable[[StageFn], StageFn]:
+    """Register a stage function under its name (one name, one function). With
+    `arrays`, the function takes a batch as a list or as an integer array (see
+    Batch), so that a batch handed over as an array reaches its compiled path without
+    a conversion (about 3 us for 32 handles here); the others are given lists."""
 
     def deco(fn: StageFn) -> StageFn:
         if name in _REGISTRY and _REGISTRY[name] is not fn:
             raise ValueError(f"stage {name!r} registered twice")
         _REGISTRY[name] = fn
+        if arrays:
+            _ARRAYS.add(fn)
         return fn
 
     return deco
@@ -259,8 +278,10 @@ class Runner:
         #: (fuse=False: always stage by stage, as a benchmark's reference)
         self.fused = _fusions_for(self.local) if fuse else {}
 
-    def run(self, entry: str, batch: list[int], now: int) -> Routed:
-        """Run `batch` from stage `entry`; returns {stage: handles} for non-local stages.
+    def run(self, entry: str, batch: Batch, now: int) -> Routed:
+        """Run `batch` (a list, or an integer array: see Batch) from stage `entry`;
+        returns {stage: handles} for non-local stages (a list, or the array itself
+        where a batch went through unsplit).
 
         With a `clock` (a role process gives one; the inline reference does not),
         ctx.now is refreshed before each stage after the first, so timestamps taken
@@ -271,7 +292,7 @@ class Runner:
         ctx.now = now
         clock = self.clock
         out: Routed = {}
-        work: list[tuple[str, list[int]]] = [(entry, batch)]
+        work: list[tuple[str, Batch]] = [(entry, batch)]
         local = self.local
         first = True
         fz = self.fused.get(entry)
@@ -281,23 +302,24 @@ class Runner:
             routed = fz(ctx, batch, entry)
             if routed is not None:
                 first = False
-                work = [(nxt, hs) for nxt, hs in routed.items() if hs]
+                work = [(nxt, hs) for nxt, hs in routed.items() if len(hs)]
         while work:
             name, hs = work.pop(0)
             fn = local.get(name)
             if fn is None:
-                out.setdefault(name, []).extend(hs)
+                cur = out.get(name)
+                out[name] = hs if cur is None else _cat(cur, hs)
                 continue
             if clock is not None and not first:
                 ctx.now = clock()
             first = False
-            routed = fn(ctx, hs)
+            routed = fn(ctx, hs if fn in _ARRAYS else as_list(hs))
             for nxt, hs2 in routed.items():
-                if not hs2:
+                if not len(hs2):
                     continue
                 for i, (pending, phs) in enumerate(work):
                     if pending == nxt:  # coalesce into the batch already waiting
-                        work[i] = (pending, phs + hs2)
+                        work[i] = (pending, _cat(phs, hs2))
                         break
                 else:
                     work.append((nxt, hs2))

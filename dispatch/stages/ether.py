@@ -75,8 +75,10 @@ from dispatch.stages.base import (
     IF_TRANSMIT,
     IP6_INPUT,
     IP_INPUT,
+    Batch,
     Ctx,
     Routed,
+    as_list,
     declare_reasons,
     stage,
 )
@@ -125,7 +127,7 @@ def _max_frame(ctx: Ctx) -> int:
 _FAST_MIN = 1
 
 
-def _ether_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
+def _ether_input_fast(ctx: Ctx, batch: Batch) -> Routed | None:
     """The compiled path; None (nothing changed) for any batch it does not take.
     Exactly what `_ether_input_slow` does with such a batch."""
     pool = ctx.pool
@@ -134,13 +136,13 @@ def _ether_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
     if sc is None or len(sc[0]) < n:
         sc = ctx.extra["_ether_scratch"] = (np.empty(max(n, 64), np.uint8), np.zeros(2, np.int64))
     route, tally = sc
-    arr = np.array(batch, dtype=np.intp)
+    arr = np.asarray(batch, dtype=np.intp)
     if _k.ether_input(pool.headers, pool.segment, pool.cluster_base, arr, _max_frame(ctx),
                       route, tally) < 0:
         return None
     out: Routed
     if tally[1] == 0:
-        out = {IP_INPUT: list(batch)}
+        out = {IP_INPUT: batch}
     else:
         r = route[:n]
         out = {}
@@ -153,8 +155,8 @@ def _ether_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
     return out
 
 
-@stage(ETHER_INPUT)
-def ether_input(ctx: Ctx, batch: list[int]) -> Routed:
+@stage(ETHER_INPUT, arrays=True)
+def ether_input(ctx: Ctx, batch: Batch) -> Routed:
     """Check, strip and demultiplex Ethernet frames to ip_input / ip6_input.
 
     The common case (every frame of the batch untagged unicast IPv4/IPv6 in a
@@ -166,7 +168,7 @@ def ether_input(ctx: Ctx, batch: list[int]) -> Routed:
         r = _ether_input_fast(ctx, batch)
         if r is not None:
             return r
-    return _ether_input_slow(ctx, batch)
+    return _ether_input_slow(ctx, as_list(batch))
 
 
 def _ether_input_slow(ctx: Ctx, batch: list[int]) -> Routed:

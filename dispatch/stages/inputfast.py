@@ -34,7 +34,16 @@ import numpy as np
 from dispatch.mbuf import layout as L
 from dispatch.packet.ether import ETHER_HDR_LEN
 from dispatch.stages import kernels as _k
-from dispatch.stages.base import ETHER_INPUT, IP_INPUT, SORECEIVE, UDP_INPUT, Ctx, Routed, fusion
+from dispatch.stages.base import (
+    ETHER_INPUT,
+    IP_INPUT,
+    SORECEIVE,
+    UDP_INPUT,
+    Batch,
+    Ctx,
+    Routed,
+    fusion,
+)
 from dispatch.stages.ether import _max_frame
 from dispatch.stages.ip import _fast_local
 from dispatch.stages.socktab import SocketTable
@@ -46,13 +55,14 @@ _OFFL = L.CSUM_DATA_VALID | L.CSUM_PSEUDO_HDR
 
 
 @fusion(ETHER_INPUT, IP_INPUT, UDP_INPUT)
-def udp4_input_fused(ctx: Ctx, batch: list[int], entry: str) -> Routed | None:
-    """ether_input (if `entry` is it) + ip_input + udp_input over a whole batch, or
-    None (nothing changed) when the batch is not the homogeneous common case."""
+def udp4_input_fused(ctx: Ctx, batch: Batch, entry: str) -> Routed | None:
+    """ether_input (if `entry` is it) + ip_input + udp_input over a whole batch (a
+    list or an integer array), or None (nothing changed) when the batch is not the
+    homogeneous common case."""
     n = len(batch)
     pool = ctx.pool
     w = pool.w
-    b0 = batch[0] << 6
+    b0 = int(batch[0]) << 6
     if n > _MAXN or w[b0 + L.W_CSUM_FLAGS] & _OFFL != _OFFL:
         return None  # (checksums in software: the stages' own batch paths)
     ipq = ctx.extra.get("ipq")
@@ -67,7 +77,7 @@ def udp4_input_fused(ctx: Ctx, batch: list[int], entry: str) -> Routed | None:
     tab: SocketTable = ctx.sockets
     scratch = _scratch(ctx, n)
     nosum = _k.udp4_input(pool.headers, pool.stamps64, pool.segment, pool.cluster_base,
-                          np.array(batch, dtype=np.intp), e, _max_frame(ctx) if e else 0,
+                          np.asarray(batch, dtype=np.intp), e, _max_frame(ctx) if e else 0,
                           local, check, tab.np_w, tab.np_buckets, tab.np_q,
                           tab.np_mask, ctx.config.sb_hiwat, ctx.now, *scratch)
     if nosum < 0:
@@ -82,7 +92,7 @@ def udp4_input_fused(ctx: Ctx, batch: list[int], entry: str) -> Routed | None:
     st["udp.udps_ipackets"] += n
     if nosum:
         st["udp.udps_nosum"] += nosum
-    return {SORECEIVE: list(batch)}
+    return {SORECEIVE: batch}
 
 
 def _scratch(ctx: Ctx, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -30,8 +30,10 @@ from dispatch.stages.base import (
     SOSEND,
     TCP_OUTPUT,
     UDP_OUTPUT,
+    Batch,
     Ctx,
     Routed,
+    as_list,
     declare_reasons,
     stage,
 )
@@ -99,8 +101,8 @@ def sbappend(ctx: Ctx, tab: SocketTable, i: int, m: int, nbytes: int) -> None:
 _FAST_MIN = 1  # the compiled pass pays from one packet on (a call costs about 0.5 us)
 
 
-@stage(SORECEIVE)
-def soreceive(ctx: Ctx, batch: list[int]) -> Routed:
+@stage(SORECEIVE, arrays=True)
+def soreceive(ctx: Ctx, batch: Batch) -> Routed:
     """The user thread's receive: copy each packet out, account it, free the batch.
 
     One compiled pass for the common case (every packet one mbuf on a cluster,
@@ -110,15 +112,15 @@ def soreceive(ctx: Ctx, batch: list[int]) -> Routed:
         r = _soreceive_fast(ctx, batch)
         if r is not None:
             return r
-    return _soreceive_slow(ctx, batch)
+    return _soreceive_slow(ctx, as_list(batch))
 
 
-def _soreceive_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
+def _soreceive_fast(ctx: Ctx, batch: Batch) -> Routed | None:
     """The compiled path (kernels.soreceive: copyout into the user's buffer, the
     user stamp, the consumer's socket counters); returns None, having changed
     nothing, when the batch needs the per-packet path."""
     pool = ctx.pool
-    arr = np.array(batch, dtype=np.intp)
+    arr = np.asarray(batch, dtype=np.intp)
     sc = ctx.extra.get("_soreceive_scratch")
     if sc is None:
         uio = _uio(ctx)
@@ -131,7 +133,7 @@ def _soreceive_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
     if ctx.config.digest:  # what the user read, hashed per socket (from the same bytes)
         digests = ctx.extra.setdefault("digests", {})
         w, buf, cl_base = pool.w, pool.buf, pool.cl_base
-        for m in batch:
+        for m in as_list(batch):
             b = m << 6
             sid = w[b + L.W_SOCKID] - 1
             h = digests.get(sid)
