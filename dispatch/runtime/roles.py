@@ -10,8 +10,8 @@ metadata stays in the mbuf header in shared memory.
 Timestamps are stamped here, at the handoffs: TS_ITHREAD when the ithread
 takes a packet off its ring, TS_NETISR_ENQ when it queues it, TS_NETISR_START
 when a worker picks it up; the stages stamp TS_SOCKET and TS_USER. The user
-thread turns them into latencies (kept raw during the run, turned into HDR
-histograms when the run drains, so the hot path does no histogram work).
+thread counts them into latency bins (dispatch.runtime.latency: one compiled
+pass per batch), turned into HDR histograms when the run drains.
 """
 
 from __future__ import annotations
@@ -29,14 +29,10 @@ import zmq
 from dispatch.mbuf import MbufPool
 from dispatch.mbuf import layout as L
 from dispatch.runtime.agent import Agent, role_factory
+from dispatch.runtime.latency import LatencyBins
 from dispatch.runtime.netisr import NetisrTable, choose_workstream
 from dispatch.runtime.placement import NETISR_STAGES
-from dispatch.runtime.result import (
-    HIST_MAX_NS,
-    LATENCY_STAGES,
-    encode_histogram,
-    new_histogram,
-)
+from dispatch.runtime.result import LATENCY_STAGES, encode_histogram
 from dispatch.runtime.transport import bind, connect
 from dispatch.stages import base as S
 from dispatch.stages.base import Ctx, Runner, StackConfig, as_list, declare_reasons
@@ -52,10 +48,6 @@ TX_DROPS = declare_reasons(
 TS_SENT = L.TS_USER
 TIMER_NS = 10_000_000  # 10 ms: how often TCP and IP timers run in a role
 DRAIN_WAIT_S = 10.0  # a drain waits this long at most for counted handoffs to arrive
-#: latency samples (rows of stamps) a user thread keeps before folding them into its
-#: histograms (8 MB of stamps): every packet is counted, memory stays bounded, and the
-#: fold (a few ms, vectorised) is spread over the run rather than all at its end
-FOLD_SAMPLES = 1 << 17
 #: messages to user threads held, at most, within one round of work (holding_users)
 HOLD_MAX = 4
 
@@ -165,25 +157,6 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
     except zmq.Again:  # (the receive timeout: see COUNTED_WAIT_MS)
         pass
     return out if staged else _unpack_array(raws)
-
-
-def record_durations(h: Any, d: np.ndarray) -> None:
-    """Record durations (ns, each >= 1) into HDR histogram `h`, rounded first to 3
-    significant digits (the histogram's precision), so that a million samples cost a
-    few thousand record calls: one bincount over (decade, 3-digit mantissa) keys.
-    A duration beyond the histogram's range is counted at its top (HIST_MAX_NS), not
-    lost."""
-    if not len(d):
-        return
-    d = np.minimum(d, HIST_MAX_NS)
-    e = np.maximum(np.floor(np.log10(d)).astype(np.int64) - 2, 0)
-    e += d // 10 ** e >= 1000  # (log10 a hair low just below a power of ten)
-    key = e * 1000 + d // 10 ** e  # the mantissa is below 1000
-    cnt = np.bincount(key)
-    keys = np.flatnonzero(cnt)
-    vals = (keys % 1000) * 10 ** (keys // 1000)
-    for v, c in zip(vals.tolist(), cnt[keys].tolist()):
-        h.record_value(v, c)
 
 
 def _pack(hs: Any) -> bytes:
@@ -673,9 +646,7 @@ class UserRole(HostRole):
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.RCVTIMEO, COUNTED_WAIT_MS)  # (receive_counted)
         bind(self.sock, plan["user_endpoints"][plan["index"]])
-        self.samples: list[np.ndarray] = []
-        self.nsamples = 0
-        self.hists = {k: new_histogram() for k in LATENCY_STAGES}
+        self.latency = LatencyBins()  # every delivered packet's stage latencies
         from dispatch.runtime.app import App
 
         self.uq_me = int(plan["index"])
@@ -720,40 +691,12 @@ class UserRole(HostRole):
 
     def keep_samples(self, stamps: np.ndarray, now: int) -> None:
         stamps[:, L.TS_USER] = now
-        self.samples.append(stamps)
-        self.nsamples += len(stamps)
-        if self.nsamples >= FOLD_SAMPLES:
-            self.fold_samples()
-
-    def fold_samples(self) -> None:
-        """Count the samples kept so far into the per-stage histograms, and let them go."""
-        if not self.samples:
-            return
-        st = np.concatenate(self.samples).astype(np.int64)
-        self.samples = []
-        self.nsamples = 0
-        wire, dma, ith = st[:, L.TS_WIRE], st[:, L.TS_DMA], st[:, L.TS_ITHREAD]
-        enq, nstart = st[:, L.TS_NETISR_ENQ], st[:, L.TS_NETISR_START]
-        sock, user = st[:, L.TS_SOCKET], st[:, L.TS_USER]
-        queued = enq > 0
-        first = np.where(wire > 0, wire, dma)
-        pairs = {
-            "e2e": (first, user, np.ones(len(st), bool)),
-            "wire_to_dma": (wire, dma, wire > 0),
-            "dma_to_ithread": (dma, ith, (dma > 0) & (ith > 0)),
-            "ithread": (ith, np.where(queued, enq, sock), ith > 0),
-            "netisr_queue": (enq, nstart, queued),
-            "netisr": (nstart, sock, queued),
-            "socket_queue": (sock, user, sock > 0),
-        }
-        for k, (a, b, mask) in pairs.items():
-            record_durations(self.hists[k], np.clip((b - a)[mask & (b >= a)], 1, None))
+        self.latency.add(stamps)
 
     def histograms(self) -> dict[str, str]:
-        self.fold_samples()
-        if not self.hists["e2e"].get_total_count():
-            return {k: "" for k in self.hists}
-        return {k: encode_histogram(h) for k, h in self.hists.items()}
+        if not self.latency.count:
+            return {k: "" for k in LATENCY_STAGES}
+        return {k: encode_histogram(h) for k, h in self.latency.histograms().items()}
 
     def snapshot(self) -> dict[str, Any]:
         snap = super().snapshot()
