@@ -198,6 +198,10 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="net.isr.bindthreads: netisr worker i on CPU i")
     p.add_argument("--ithread-prio", action="store_true",
                    help="run ithreads at higher priority (SCHED_FIFO where permitted)")
+    p.add_argument("--flow-control", action="store_true",
+                   help="with --source internal --rate max: the NIC's line pauses while the "
+                        "host's queues are full (finds a model's peak without overload; "
+                        "without it, max overruns netisr queues: receive livelock)")
     p.add_argument("--sched", default="other", choices=SCHEDS,
                    help="every role's scheduling policy: other (the default), or batch "
                         "(SCHED_BATCH: no wakeup preemption; more throughput, less latency)")
@@ -224,7 +228,8 @@ def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
         flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,
         sockets_auto=args.sockets == "auto", digest=args.digest, rxcsum=not args.no_rxcsum,
         lro=args.lro, cpus=tuple(args.cpu), bindthreads=args.bindthreads,
-        ithread_prio=args.ithread_prio, sched=args.sched, seed=args.seed,
+        ithread_prio=args.ithread_prio, sched=args.sched, flow_control=args.flow_control,
+        seed=args.seed,
     ).validate()
 
 

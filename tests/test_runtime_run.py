@@ -8,6 +8,7 @@ make sure every process is gone and no segment is left afterwards.
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import signal
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from shared_paths import CAPTURES  # noqa: E402
 
 from dispatch.packet.frames import build_udp_frame, pad_to_min
-from dispatch.runtime.config import RunConfig
+from dispatch.runtime.config import ConfigError, RunConfig
 from dispatch.runtime.controller import Controller, RunFailed, run_sync
 from dispatch.runtime.inline import run_inline
 from dispatch.runtime.placement import MODELS
@@ -220,6 +221,26 @@ def test_every_role_can_run_under_sched_batch_and_the_ithread_prio_still_wins():
         assert doc["roles"][name]["sched"] == "batch", name
     r = doc["roles"]["ithread0"]
     assert r["sched"] == "fifo" or (r["sched"] == "batch" and r["nice"] < 0)
+
+
+@pytest.mark.parametrize("model", ["deferred", "direct"])
+def test_flow_control_keeps_max_rate_within_the_host_queues(model):
+    # the internal line at max rate, paced by the host's queues: a short netisr queue
+    # (qlimit 64) never overflows, and nothing is lost anywhere
+    doc = run_sync(small(model=model, rate=math.inf, count=30_000, qlimit=64,
+                         flow_control=True))
+    assert doc["conservation"]["ok"], doc["conservation"]
+    assert doc["offered"] == doc["delivered"] == 30_000 and not doc["drops"]
+    ws = doc["netisr"]["workstreams"][0]
+    assert ws["qdrops"] == 0 and ws["wmark"] <= 64
+    assert doc["config"]["flow_control"] is True
+
+
+def test_flow_control_is_only_for_the_internal_line_at_max_rate():
+    with pytest.raises(ConfigError, match="--flow-control needs --source internal"):
+        small(flow_control=True)  # (20 kpps)
+    with pytest.raises(ConfigError, match="--flow-control needs --source internal"):
+        small(flow_control=True, rate=math.inf, source="trafgen")
 
 
 def test_the_shared_captures_are_there():

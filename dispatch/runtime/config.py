@@ -96,6 +96,7 @@ class RunConfig:
     trafgens: int = 1  # generators driving the host, each with its share of flows and rate
     impair: str | None = None  # damage on the wire, e.g. "loss=0.01,reorder=0.02": on the
     # generator's frames (rx, forward), on the host's (tx: what reaches the generator)
+    flow_control: bool = False  # internal source at max: pause while host queues are full
     netisr_delay_us: float = 0.0  # slow every netisr worker by this per packet (a teaching knob)
     pool: PoolConfig = field(default_factory=lambda: PoolConfig(
         nmbufs=32768, nclusters=16384, njumbop=256, njumbo9=64, njumbo16=32))
@@ -184,6 +185,9 @@ class RunConfig:
             raise bad("duration", self.duration, "a positive number of seconds")
         if self.count is not None and self.count < 1:
             raise bad("count", self.count, "a positive number of packets")
+        if self.flow_control and (self.source != "internal" or self.rate != math.inf):
+            raise ConfigError("--flow-control needs --source internal and --rate max: it "
+                              "paces the NIC's internal line by the host's queues")
         if self.replay is not None and self.source != "trafgen":
             raise ConfigError("--replay needs --source trafgen (the generator replays)")
         from nicemu.trafgen.dist import parse_size_spec

@@ -326,6 +326,46 @@ class _PortsRx:
             w.close()
 
 
+class HostQueues:
+    """--flow-control: how many more packets the host's queues take without overflowing,
+    read by the internal source at max rate (a lossless line: 802.3x PAUSE honoured all
+    the way up). Without it, max overruns the netisr queues of deferred dispatch and
+    shows receive livelock; with it, max finds the model's peak without overload, as
+    the bare pipeline's blocking ZeroMQ hops do.
+
+    The limits, from the queues' exact shared counters: with netisr queues in the
+    path, whatever is on the rx rings, in an ithread's batch and on the fullest
+    workstream stays within qlimit; and what waits for the user threads stays
+    within USER_BACKLOG_BATCHES batches each."""
+
+    USER_BACKLOG_BATCHES = 64
+
+    def __init__(self, plan: dict[str, Any], cfg: RunConfig, rx: list[Any]) -> None:
+        from dispatch.runtime.netisr import NetisrTable
+        from dispatch.runtime.placement import NETISR_STAGES
+
+        self.rx = rx  # the NIC's rx rings
+        self.isr = None
+        if any(plan["stages"][s] == "netisr" for s in NETISR_STAGES):
+            self.isr = NetisrTable.attach(plan["netisr"])
+        self.uq = NetisrTable.attach(plan["uq"])
+        self.qlimit = cfg.qlimit - cfg.batch * cfg.rxq
+        self.user_limit = self.USER_BACKLOG_BATCHES * cfg.batch * cfg.users
+
+    def room(self) -> int:
+        room = self.user_limit - self.uq.in_flight()
+        if self.isr is not None:
+            ring = sum(len(r) for r in self.rx)
+            fullest = max(self.isr.qlen(ws) for ws in range(self.isr.nws))
+            room = min(room, self.qlimit - ring - fullest)
+        return room
+
+    def close(self) -> None:
+        if self.isr is not None:
+            self.isr.close()
+        self.uq.close()
+
+
 @role_factory("nic")
 class NicRole:
     """The NIC: wire (or internal source) in, DMA, interrupts out, tx to the wire."""
@@ -363,6 +403,7 @@ class NicRole:
             self._setup_toe(plan)
         self.src = None
         self.wire = None
+        self.flow = HostQueues(plan, cfg, self.nic.rings.rx) if cfg.flow_control else None
         if cfg.source == "internal":
             from dispatch.runtime.workload import template_frames
             from nicemu.internal import InternalSource
@@ -534,9 +575,11 @@ class NicRole:
                     # they are all full, instead of spinning a core on frames that would
                     # all be missed (on 2 cores that spin starved the host roles)
                     room = min(r.space() for r in nic.rings.rx)
+                    if self.flow is not None:  # --flow-control: the host's queues too
+                        room = min(room, self.flow.room())
                     if room < n:
-                        n = room
-                        ring_full = room == 0
+                        n = max(room, 0)
+                        ring_full = n == 0
                 if n:
                     self._interrupt(src.produce(now, n))
                     did = True
@@ -661,4 +704,6 @@ class NicRole:
                 w.close(confirm=False)
         for port in self.ports:
             port.close()
+        if self.flow is not None:
+            self.flow.close()
         self.pool.close()
