@@ -155,6 +155,23 @@ def test_exhaustion_is_counted_never_raised(pool_name):
         p.close()
 
 
+def test_stamp_batch_sets_one_slot_of_the_given_packets_only(pool):
+    b = pool.getcl_batch(12)
+    before = pool.stamps(b).copy()
+    pool.stamp_batch(b[:4].astype(np.uint32), L.TS_SOCKET, 7)  # u32, as off a message
+    pool.stamp_batch(b[4:8].tolist(), L.TS_SOCKET, 8)  # a list
+    pool.stamp_batch(b[8:10], L.TS_NETISR_ENQ, 2**63)  # intp; the whole u64 range
+    got = pool.stamps(b)
+    assert got[:4, L.TS_SOCKET].tolist() == [7] * 4 and got[4:8, L.TS_SOCKET].tolist() == [8] * 4
+    assert got[8:10, L.TS_NETISR_ENQ].tolist() == [2**63] * 2
+    assert (got[10:] == before[10:]).all()
+    other = [t for t in range(L.NTS) if t not in (L.TS_SOCKET, L.TS_NETISR_ENQ)]
+    assert (got[:, other] == before[:, other]).all()
+    with pytest.raises(ValueError, match="slot"):
+        pool.stamp_batch(b, L.NTS, 1)
+    pool.freem_batch(b)
+
+
 def test_batches_match_single_operations(pool):
     b = pool.getcl_batch(32)
     assert len(set(b.tolist())) == 32

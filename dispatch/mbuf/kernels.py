@@ -238,6 +238,15 @@ def _adopt(mh, mq, hs, tag, slot, now, out):  # type: ignore[no-untyped-def]
 
 adopt = kernel(*(types.void(u32_2d, u64_2d, h, types.uint32, types.int64, types.uint64,
                             u64_2d) for h in _HS))(_adopt)
+def _stamp(mq, hs, slot, now):  # type: ignore[no-untyped-def]
+    for j in range(hs.shape[0]):
+        mq[hs[j], _Q_TS + slot] = now
+
+
+stamp = kernel(*(types.void(u64_2d, h, types.int64, types.uint64) for h in _HS))(_stamp)
+stamp.__doc__ = """Stamp timestamp slot `slot` of each packet with `now` (one call instead of a
+numpy fancy-index assignment, ~4 us for a batch of 32 here)."""
+
 adopt.__doc__ = """Take ownership of received packets (retag their head mbufs as ours), as a
 role does when a batch reaches it; with slot >= 0 also stamp that timestamp
 slot with `now`; copy each packet's timestamps into out[j, :out.shape[1]]

@@ -75,6 +75,7 @@ _freem_fast = entries_by_dtype(_k.freem_fast, 3)
 _stack_pop = entry(_k.stack_pop)
 _stack_push = entry(_k.stack_push)
 _adopt = entries_by_dtype(_k.adopt, 2)
+_stamp = entries_by_dtype(_k.stamp, 1)
 
 
 def _handles(handles: Sequence[int] | np.ndarray | memoryview) -> np.ndarray:
@@ -777,7 +778,11 @@ class MbufPool:
         return out if stamps else None
 
     def stamp_batch(self, handles: Sequence[int] | np.ndarray, slot: int, t_ns: int) -> None:
-        self._mq[np.asarray(handles).astype(np.intp, copy=False), L.Q_TS + slot] = t_ns
+        """Stamp timestamp slot `slot` (a TS_* index) of each packet with `t_ns`."""
+        if not 0 <= slot < L.NTS:
+            raise ValueError(f"slot {slot} is not valid: 0..{L.NTS - 1}")
+        arr = _handles(handles)
+        _stamp[arr.dtype](self._mq, arr, slot, t_ns)
 
     def stamps(self, handles: Sequence[int] | np.ndarray) -> np.ndarray:
         """The (n, NTS) array of timestamps of these packets."""

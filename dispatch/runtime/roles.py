@@ -122,6 +122,10 @@ def wait_connected(socks: list[zmq.Socket], timeout_s: float = 5.0) -> None:
                 raise RuntimeError(f"no peer on {s.getsockopt_string(zmq.LAST_ENDPOINT)}")
 
 
+# plain ints: pyzmq's flags are enum.Flag members, and an | of two costs ~1 us
+_NOBLOCK = int(zmq.NOBLOCK)
+_SNDMORE = int(zmq.SNDMORE)
+
 #: how long a counted receive waits for a message it knows is on its way (its sender
 #: counted it, then sent it) before giving up on it as lost with a dead sender
 COUNTED_WAIT_MS = 2000
@@ -147,11 +151,10 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
     want = min(pending, most)
     try:
         while got < want or (got == 0 and sock.get(zmq.EVENTS) & zmq.POLLIN):
-            if staged:
-                stage, raw = sock.recv_multipart(0 if got < want else zmq.NOBLOCK)
-                out.append((stage.decode(), _unpack_array([raw])))
+            raw = sock.recv(0 if got < want else _NOBLOCK)
+            if staged:  # [stage, handles]: the second part comes with the first
+                out.append((raw.decode(), _unpack_array([raw := sock.recv(0)])))
             else:
-                raw = sock.recv(0 if got < want else zmq.NOBLOCK)
                 raws.append(raw)
             got += len(raw) >> 2
     except zmq.Again:  # (the receive timeout: see COUNTED_WAIT_MS)
@@ -562,7 +565,9 @@ class IthreadRole(HostRole):
             if fit:
                 sent = g[:fit] if fit < len(g) else g
                 self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, time.monotonic_ns())
-                self.workers[ws].send_multipart([stage.encode(), _pack(sent)])
+                sock = self.workers[ws]
+                sock.send(stage.encode(), _SNDMORE)
+                sock.send(_pack(sent))
 
     def by_workstream(self, hs: Any) -> dict[int, Any]:
         """The placement policy over a batch: one workstream for all of it unless the
