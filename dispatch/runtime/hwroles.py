@@ -349,8 +349,10 @@ class HostQueues:
         if any(plan["stages"][s] == "netisr" for s in NETISR_STAGES):
             self.isr = NetisrTable.attach(plan["netisr"])
         self.uq = NetisrTable.attach(plan["uq"])
-        self.qlimit = cfg.qlimit - cfg.batch * cfg.rxq
+        self.qlimit = max(cfg.qlimit - cfg.batch * cfg.rxq, 1)
         self.user_limit = self.USER_BACKLOG_BATCHES * cfg.batch * cfg.users
+        #: the most room there can be
+        self.cap = self.user_limit if self.isr is None else min(self.user_limit, self.qlimit)
 
     def room(self) -> int:
         room = self.user_limit - self.uq.in_flight()
@@ -574,11 +576,11 @@ class NicRole:
                     # rx rings have room for, and pause (FULL_RING_WAIT_*) while
                     # they are all full, instead of spinning a core on frames that would
                     # all be missed (on 2 cores that spin starved the host roles)
-                    room = min(r.space() for r in nic.rings.rx)
-                    if self.flow is not None:  # --flow-control: the host's queues too
-                        room = min(room, self.flow.room())
+                    # (less than a batch of room: wait for more, rather than pay a
+                    # turn's fixed cost for a few frames)
+                    room, cap = self._line_room()
                     if room < n:
-                        n = max(room, 0)
+                        n = room if room >= min(cfg.batch, n, cap) else 0
                         ring_full = n == 0
                 if n:
                     self._interrupt(src.produce(now, n))
@@ -618,8 +620,7 @@ class NicRole:
                     wait_ns = 0
                     if ring_full:  # let the host's roles run (as the bare source does)
                         time.sleep(full_wait)
-                        room = min(r.space() for r in nic.rings.rx)
-                        cap = min(r.capacity for r in nic.rings.rx)
+                        room, cap = self._line_room()
                         if room > cap // 2:
                             full_wait = max(FULL_RING_WAIT_MIN_S, full_wait / 2)
                         elif room < cap // 8:
@@ -634,6 +635,17 @@ class NicRole:
                     for port in self.ports:
                         port.release_posted()
                 return
+
+    def _line_room(self) -> tuple[int, int]:
+        """(frames the line may offer now, the most it could): the room on the fullest
+        rx ring, and with --flow-control in the host's queues (HostQueues)."""
+        rx = self.nic.rings.rx
+        room = min(r.space() for r in rx)
+        cap = min(r.capacity for r in rx)
+        if self.flow is not None:
+            room = min(room, self.flow.room())
+            cap = min(cap, self.flow.cap)
+        return room, cap
 
     def _drain_doorbells(self) -> None:
         """Doorbells since the last turn: one check covers them all. (Asked of the
