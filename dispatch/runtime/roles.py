@@ -205,7 +205,7 @@ class HostRole:
         self.counts: defaultdict[str, int] = defaultdict(int)
         self._last_timer = 0
         self.holding = False  # (holding_users)
-        self.held: list[tuple[int, int, bytes]] = []
+        self.held: list[tuple[zmq.Socket, bytes | None, bytes, int, int]] = []
         # TCP's senders (tx, rr) change a connection's state from the thread that sends
         # and from the one that runs tcp_input (ACKs): one lock over the table's TCP
         # work, as FreeBSD's inpcb lock (receive-only workloads don't need it)
@@ -257,28 +257,40 @@ class HostRole:
 
     def _to_user(self, u: int, hs: list[int]) -> None:
         if self.holding:
-            self.held.append((u, len(hs), _pack(hs)))
-            if len(self.held) >= HOLD_MAX:
-                self.flush_users()
+            self.hold(self.users[u], None, _pack(hs), u, len(hs))
             return
         self.uq.count_enqueue(self.uq_producer, u, len(hs))
         self.users[u].send(_pack(hs))
 
+    def hold(self, sock: zmq.Socket, stage: bytes | None, raw: bytes, user: int,
+             n: int) -> None:
+        """Keep a handoff message for `flush_users` (up to HOLD_MAX): to user thread
+        `user` (counted when sent), or (user -1) an already counted one with its
+        `stage` part, to a netisr worker."""
+        self.held.append((sock, stage, raw, user, n))
+        if len(self.held) >= HOLD_MAX:
+            self.flush_users()
+
     def flush_users(self) -> None:
-        """Send the held messages back to back (counted first, each), so that ZeroMQ's
-        I/O threads move them in one write and the user thread takes them in one
-        wakeup: a message alone costs each side's I/O thread a wakeup (~20 us of CPU
-        here), a burst shares it."""
+        """Send the held messages back to back (those to user threads counted first,
+        each), so that ZeroMQ's I/O threads move them in one write and the receiver
+        takes them in one wakeup: a message alone costs each side's I/O thread a
+        wakeup (~20 us of CPU here), a burst shares it."""
         held = self.held
-        for u, n, raw in held:
-            self.uq.count_enqueue(self.uq_producer, u, n)
-            self.users[u].send(raw)
+        for sock, stage, raw, user, n in held:
+            if user >= 0:
+                self.uq.count_enqueue(self.uq_producer, user, n)
+            if stage is not None:
+                sock.send(stage, _SNDMORE)
+            sock.send(raw)
         held.clear()
 
     @contextlib.contextmanager
     def holding_users(self) -> Iterator[None]:
-        """Hold messages to the user threads for the duration of one round of work
-        (an interrupt's ring drain, a netisr worker's drain), up to HOLD_MAX."""
+        """Hold handoff messages (to user threads, and an ithread's to netisr workers)
+        for the duration of one round of work (an interrupt's ring drain), up to
+        HOLD_MAX. A netisr queue's count is taken when a batch is queued, so its worker
+        may wake for a held message and wait a round for it (it sleeps meanwhile)."""
         self.holding = True
         try:
             yield
@@ -566,8 +578,11 @@ class IthreadRole(HostRole):
                 sent = g[:fit] if fit < len(g) else g
                 self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, time.monotonic_ns())
                 sock = self.workers[ws]
-                sock.send(stage.encode(), _SNDMORE)
-                sock.send(_pack(sent))
+                if self.holding:
+                    self.hold(sock, stage.encode(), _pack(sent), -1, fit)
+                else:
+                    sock.send(stage.encode(), _SNDMORE)
+                    sock.send(_pack(sent))
 
     def by_workstream(self, hs: Any) -> dict[int, Any]:
         """The placement policy over a batch: one workstream for all of it unless the
