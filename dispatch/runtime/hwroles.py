@@ -523,9 +523,11 @@ class NicRole:
 
         At a set rate the internal source offers frames as they fall due (in
         batches of at most `batch`), sleeping in between, so that the NIC role
-        does not spin a core the host's roles need; at `max` it offers a batch
-        every turn, or what the rx rings have room for, pausing while they are
-        all full: a line as fast as the host takes frames (no ring_full drops).
+        does not spin a core the host's roles need; at `max` it offers a burst
+        (`_burst`) every turn, or what the rx rings have room for if that is at
+        least a batch, pausing otherwise: a line as fast as the host's rings take
+        frames (no ring_full drops). With --flow-control the host's queues bound
+        it too (HostQueues): no queue overflows either.
         """
         import zmq
 

@@ -48,7 +48,7 @@ TX_DROPS = declare_reasons(
 TS_SENT = L.TS_USER
 TIMER_NS = 10_000_000  # 10 ms: how often TCP and IP timers run in a role
 DRAIN_WAIT_S = 10.0  # a drain waits this long at most for counted handoffs to arrive
-#: messages to user threads held, at most, within one round of work (holding_users)
+#: messages to user threads held, at most, within one round of work (holding_handoffs)
 HOLD_MAX = 4
 
 
@@ -153,10 +153,12 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
         while got < want or (got == 0 and sock.get(zmq.EVENTS) & zmq.POLLIN):
             raw = sock.recv(0 if got < want else _NOBLOCK)
             if staged:  # [stage, handles]: the second part comes with the first
-                out.append((raw.decode(), _unpack_array([raw := sock.recv(0)])))
+                stage = raw.decode()
+                raw = sock.recv(0)
+                out.append((stage, _unpack_array([raw])))
             else:
                 raws.append(raw)
-            got += len(raw) >> 2
+            got += len(raw) >> 2  # (u32 handles)
     except zmq.Again:  # (the receive timeout: see COUNTED_WAIT_MS)
         pass
     return out if staged else _unpack_array(raws)
@@ -204,7 +206,7 @@ class HostRole:
         self.uq_producer = int(plan["tx_queue"])
         self.counts: defaultdict[str, int] = defaultdict(int)
         self._last_timer = 0
-        self.holding = False  # (holding_users)
+        self.holding = False  # (holding_handoffs)
         self.held: list[tuple[zmq.Socket, bytes | None, bytes, int, int]] = []
         # TCP's senders (tx, rr) change a connection's state from the thread that sends
         # and from the one that runs tcp_input (ACKs): one lock over the table's TCP
@@ -243,7 +245,7 @@ class HostRole:
 
     def to_users(self, hs: list[int]) -> None:
         """Wake the user threads whose sockets got data (counted, so that a drain
-        knows when nothing is left in the pipe to a user). Inside `holding_users`
+        knows when nothing is left in the pipe to a user). Inside `holding_handoffs`
         the messages (one per batch, as ever) wait for the end of the round."""
         if self.nusers == 1:
             self._to_user(0, hs)
@@ -264,14 +266,14 @@ class HostRole:
 
     def hold(self, sock: zmq.Socket, stage: bytes | None, raw: bytes, user: int,
              n: int) -> None:
-        """Keep a handoff message for `flush_users` (up to HOLD_MAX): to user thread
+        """Keep a handoff message for `flush_handoffs` (up to HOLD_MAX): to user thread
         `user` (counted when sent), or (user -1) an already counted one with its
         `stage` part, to a netisr worker."""
         self.held.append((sock, stage, raw, user, n))
         if len(self.held) >= HOLD_MAX:
-            self.flush_users()
+            self.flush_handoffs()
 
-    def flush_users(self) -> None:
+    def flush_handoffs(self) -> None:
         """Send the held messages back to back (those to user threads counted first,
         each), so that ZeroMQ's I/O threads move them in one write and the receiver
         takes them in one wakeup: a message alone costs each side's I/O thread a
@@ -286,7 +288,7 @@ class HostRole:
         held.clear()
 
     @contextlib.contextmanager
-    def holding_users(self) -> Iterator[None]:
+    def holding_handoffs(self) -> Iterator[None]:
         """Hold handoff messages (to user threads, and an ithread's to netisr workers)
         for the duration of one round of work (an interrupt's ring drain), up to
         HOLD_MAX. A netisr queue's count is taken when a batch is queued, so its worker
@@ -296,7 +298,7 @@ class HostRole:
             yield
         finally:
             self.holding = False
-            self.flush_users()
+            self.flush_handoffs()
 
     def transmit(self, hs: list[int]) -> None:
         """if_transmit: post to this thread's tx ring (direct tx dispatch), or queue
@@ -514,7 +516,7 @@ class IthreadRole(HostRole):
 
     def service(self) -> None:
         """Interrupt service: take the ring until empty, then re-arm (NAPI shape)."""
-        with self.holding_users():
+        with self.holding_handoffs():
             self._service()
 
     def _service(self) -> None:
@@ -525,7 +527,7 @@ class IthreadRole(HostRole):
         while True:
             hs = self.rx.pop_array(self.quota if self.polling else self.batch)
             if not len(hs):
-                self.flush_users()
+                self.flush_handoffs()
                 self.rearm(doorbell=taken >= self.batch)
                 if len(self.rx):  # arrived between the last pop and the re-arm
                     continue
@@ -535,7 +537,7 @@ class IthreadRole(HostRole):
             rounds += 1
             if self.polling:
                 self.counts["poll_rounds"] += 1
-                self.flush_users()
+                self.flush_handoffs()
                 time.sleep(0.00005)  # end of a quota round: let the rest of the host run
 
     def process(self, hs: np.ndarray) -> None:
