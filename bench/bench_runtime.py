@@ -80,6 +80,7 @@ def bare_pipeline(hops: list[str], batch: int, seconds: float, policy: str = "ot
         push = ctx.socket(zmq.PUSH)
         push.connect(eps[0])
         was = sched.policy_name(0)
+        was = was if was in sched.POLICIES else "other"
         sched.apply(policy)  # the source too, for the run (it is this process)
         for _ in hops:
             ready.recv()

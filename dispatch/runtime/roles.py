@@ -48,7 +48,7 @@ TX_DROPS = declare_reasons(
 TS_SENT = L.TS_USER
 TIMER_NS = 10_000_000  # 10 ms: how often TCP and IP timers run in a role
 DRAIN_WAIT_S = 10.0  # a drain waits this long at most for counted handoffs to arrive
-#: messages to user threads held, at most, within one round of work (holding_handoffs)
+#: handoff messages held, at most, within one round of work (holding_handoffs)
 HOLD_MAX = 4
 
 
@@ -258,19 +258,15 @@ class HostRole:
             self._to_user(u, g)
 
     def _to_user(self, u: int, hs: list[int]) -> None:
-        if self.holding:
-            self.hold(self.users[u], None, _pack(hs), u, len(hs))
-            return
-        self.uq.count_enqueue(self.uq_producer, u, len(hs))
-        self.users[u].send(_pack(hs))
+        self.handoff(self.users[u], None, _pack(hs), u, len(hs))
 
-    def hold(self, sock: zmq.Socket, stage: bytes | None, raw: bytes, user: int,
-             n: int) -> None:
-        """Keep a handoff message for `flush_handoffs` (up to HOLD_MAX): to user thread
-        `user` (counted when sent), or (user -1) an already counted one with its
-        `stage` part, to a netisr worker."""
+    def handoff(self, sock: zmq.Socket, stage: bytes | None, raw: bytes, user: int,
+                n: int) -> None:
+        """Send a handoff message: to user thread `user` (counted when sent), or (user
+        -1) an already counted one with its `stage` part, to a netisr worker. Inside
+        `holding_handoffs` it waits for `flush_handoffs` (up to HOLD_MAX of them)."""
         self.held.append((sock, stage, raw, user, n))
-        if len(self.held) >= HOLD_MAX:
+        if not self.holding or len(self.held) >= HOLD_MAX:
             self.flush_handoffs()
 
     def flush_handoffs(self) -> None:
@@ -579,12 +575,7 @@ class IthreadRole(HostRole):
             if fit:
                 sent = g[:fit] if fit < len(g) else g
                 self.pool.stamp_batch(sent, L.TS_NETISR_ENQ, time.monotonic_ns())
-                sock = self.workers[ws]
-                if self.holding:
-                    self.hold(sock, stage.encode(), _pack(sent), -1, fit)
-                else:
-                    sock.send(stage.encode(), _SNDMORE)
-                    sock.send(_pack(sent))
+                self.handoff(self.workers[ws], stage.encode(), _pack(sent), -1, fit)
 
     def by_workstream(self, hs: Any) -> dict[int, Any]:
         """The placement policy over a batch: one workstream for all of it unless the
