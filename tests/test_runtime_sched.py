@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 import pytest
@@ -94,3 +95,20 @@ def test_unknown_policies_are_refused_with_the_valid_ones():
         RunConfig(sched="idle").validate()
     assert RunConfig(sched="batch").validate().sched == "batch"
     assert RunConfig.from_dict(RunConfig(sched="batch").as_dict()).sched == "batch"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="prctl timer slack is Linux's")
+def test_timer_slack_is_set_and_inherited_by_threads_started_after():
+    def body(*_: object) -> tuple[int | None, int | None, int]:
+        before = sched.timer_slack()
+        assert sched.set_timer_slack(sched.TIMER_SLACK_NS)
+        seen: list[int | None] = []
+        t = threading.Thread(target=lambda: seen.append(sched.timer_slack()))
+        t.start()
+        t.join()
+        return before, seen[0], int(sched.timer_slack() or -1)
+
+    before, child, now = _in_thread(body)  # (a thread of its own: the slack is per thread)
+    assert before is not None and before > 0
+    assert child == now == sched.TIMER_SLACK_NS
+

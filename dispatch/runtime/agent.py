@@ -185,6 +185,9 @@ class Agent:
             self.ctl.setsockopt(zmq.IMMEDIATE, 1)
             self.ctl.setsockopt(zmq.RECONNECT_IVL, 200)
         transport.connect(self.ctl, controller)
+        # kept, not made per look: pyzmq's Socket.poll builds a Poller every call
+        self._ctl_poller = zmq.Poller()
+        self._ctl_poller.register(self.ctl, zmq.POLLIN)
         self.impl: RoleImpl | None = None
         self.plan: dict[str, Any] = {}
         self.pending: dict[str, Any] | None = None  # a control message that ended run()
@@ -205,7 +208,7 @@ class Agent:
         new `plan` end the loop (the drain is done by the role before it
         returns, see `draining`).
         """
-        while self.ctl.poll(0):
+        while self._ctl_poller.poll(0):
             msg = unpack(self.ctl.recv())
             t = msg.get("type")
             if t == "stats":
@@ -394,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
     # factories in the importable dispatch.runtime.agent, so serve from that one.
     import dispatch.runtime.agent as agent_mod
     from dispatch.runtime import hwroles, roles  # noqa: F401  (register the role factories)
+    from dispatch.runtime.sched import set_timer_slack
+
+    set_timer_slack()  # before any thread starts: ZeroMQ's I/O threads inherit it
 
     agent = agent_mod.Agent(args.controller, args.role, args.index)
     prof_dir = os.environ.get("DISPATCH_PROFILE_DIR")  # profile every role into this folder
