@@ -457,6 +457,9 @@ class WireRx:
             if self._own_ctx:
                 self._ctx.term()
             raise
+        # kept, not made per receive: pyzmq's Socket.poll builds a Poller every call
+        self._poller = zmq.Poller()
+        self._poller.register(self._sock, zmq.POLLIN)
         self.frames = 0
         self.bytes = 0
         self.batches = 0
@@ -478,7 +481,7 @@ class WireRx:
         sock = self._sock
         if sock is None:
             raise WireError("wire is closed")
-        if timeout_ms is not None and not sock.poll(timeout_ms, zmq.POLLIN):
+        if timeout_ms is not None and not self._poller.poll(timeout_ms):
             return None
         msg = sock.recv_multipart(copy=False)
         ident, head = msg[0], msg[1]
@@ -524,6 +527,7 @@ class WireRx:
 
     def close(self) -> None:
         if self._sock is not None:
+            self._poller.unregister(self._sock)
             self._sock.close(0)
             self._sock = None
             if self._own_ctx:

@@ -129,10 +129,17 @@ class TrafgenRole:
 
                 ports.impairer = Impairer(parse_impair(cfg.impair), seed=cfg.seed)
         stopped = False
+        looked = 0
 
         def stop() -> bool:
-            nonlocal stopped
-            stopped = stopped or agent.poll_control()
+            # asked per batch (rr: per transaction); control is looked at once per
+            # CONTROL_POLL_NS, as the NIC does: a look is a ZeroMQ poll
+            nonlocal stopped, looked
+            if not stopped:
+                now = time.monotonic_ns()
+                if now - looked >= CONTROL_POLL_NS:
+                    looked = now
+                    stopped = agent.poll_control()
             return stopped
 
         try:
@@ -529,6 +536,10 @@ class NicRole:
         least a batch, pausing otherwise: a line as fast as the host's rings take
         frames (no ring_full drops). With --flow-control the host's queues bound
         it too (HostQueues): no queue overflows either.
+
+        Fed by a wire (the generator), the loop is driven by one poll over the
+        wire, the doorbells and control per turn (`_wait_wire`), and acts on what
+        it saw readable.
         """
         import zmq
 
@@ -548,6 +559,8 @@ class NicRole:
         if self.wire is not None:
             poller.register(self.wire.socket, zmq.POLLIN)
         producing = self.src is not None
+        wire_sock = self.wire.socket if self.wire is not None else None
+        ready: dict[Any, int] = {}  # what the wire mode's last poll saw readable
         turns = 0
         last_ctl = 0
         full_wait = FULL_RING_WAIT_MIN_S * 2
@@ -595,24 +608,18 @@ class NicRole:
                     producing = False
                     self.offered = src.offered
                     self._source_done()
-            elif self.wire is not None:
-                # everything the wire holds, up to a budget: a paced generator sends
-                # small batches, and one per turn would let the wire queue grow
-                taken = 0
-                while taken < WIRE_BUDGET:
-                    got = self.wire.recv_batch(timeout_ms=0)
-                    if got is None:
-                        break
-                    frames, stamps = got
-                    self._interrupt(nic.receive(frames, now, stamps))
-                    taken += len(frames)
-                    did = True
+            elif wire_sock in ready:
+                did = self._from_wire(now)
             self._interrupt(nic.poll_timers(now))
             self._transmit(now)
             turns += 1
-            if did and turns % 64:
+            if self.wire is not None:
+                ready = self._wait_wire(poller, did)
+                if agent.ctl not in ready:
+                    continue
+            elif did and turns % 64:
                 continue
-            if not did:
+            elif not did:
                 wake = [t for t in (next_due, nic.next_deadline()) if t is not None]
                 wait_ns = (min(wake) - time.monotonic_ns()) if wake else 5_000_000
                 if producing and not paced:
@@ -658,15 +665,62 @@ class NicRole:
             cap = min(cap, self.flow.cap)
         return room, cap
 
-    def _drain_doorbells(self) -> None:
+    def _drain_doorbells(self, seen: bool = False) -> None:
         """Doorbells since the last turn: one check covers them all. (Asked of the
         socket's EVENTS first: a failed non-blocking recv raises, and an exception
-        per loop turn cost ~12 % of the NIC role's time at full rate.)"""
+        per loop turn cost ~12 % of the NIC role's time at full rate; `seen`: a poll
+        just saw one, so the first is taken without asking.)"""
         import zmq
 
         sock = self.doorbell
+        if seen:
+            try:
+                sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
         while sock.get(zmq.EVENTS) & zmq.POLLIN:
             sock.recv(zmq.NOBLOCK)
+
+    def _from_wire(self, now: int) -> bool:
+        """Wire mode: what the wire holds, up to WIRE_BUDGET frames (a paced generator
+        sends small batches, and one per turn would let the wire queue grow). The
+        loop's poll saw the first message, so it is taken without asking again.
+        True if any frame came."""
+        assert self.wire is not None
+        taken = 0
+        timeout: int | None = None
+        while taken < WIRE_BUDGET:
+            got = self.wire.recv_batch(timeout_ms=timeout)
+            timeout = 0
+            if got is None:
+                break
+            frames, stamps = got
+            self._interrupt(self.nic.receive(frames, now, stamps))
+            taken += len(frames)
+        return taken > 0
+
+    def _wait_wire(self, poller: Any, did: bool) -> dict[Any, int]:
+        """Wire mode: wait for the next thing to do, as one poll over the wire, the
+        doorbells and control (what it saw readable is returned, and the loop acts
+        on exactly that: a turn asks no socket again). After a turn that took
+        frames the poll does not wait; else it waits until the NIC's next timer
+        (moderation, the re-arm fallback) or 5 ms, a timer under a millisecond
+        being slept first (ZeroMQ's poll counts whole milliseconds). The rx rings'
+        free slots are reposted before a wait of a millisecond or more; doorbells
+        the poll saw are drained."""
+        timeout = 0
+        if not did:
+            dl = self.nic.next_deadline()
+            wait_ns = dl - time.monotonic_ns() if dl is not None else 5_000_000
+            if wait_ns >= 1_000_000:
+                self.nic.refill_all()
+                timeout = min(wait_ns // 1_000_000, 5)
+            elif wait_ns > 0:
+                time.sleep(wait_ns / 1e9)
+        ready = dict(poller.poll(timeout))
+        if self.doorbell in ready:
+            self._drain_doorbells(seen=True)
+        return ready
 
     @staticmethod
     def _burst(cfg: RunConfig) -> int:
