@@ -66,6 +66,17 @@ REF_LOCK_BASE = 8  # lock words 9..12 guard shared-cluster refcounts per zone
 
 
 _BATCH_MAX = 4096  # larger batches still work, through the per-packet path
+# header word indices and flags as plain globals for get / free (a module attribute
+# costs one more lookup per use, on the one-at-a-time path)
+_W_TYPE = L.W_TYPE
+_W_FLAGS = L.W_FLAGS
+_W_OWNER = L.W_OWNER
+_W_EXT = L.W_EXT
+_STATE_SHIFT = L.STATE_SHIFT
+_ST_INUSE = L.ST_INUSE
+_M_EXT = L.M_EXT
+_MT_DATA = L.MT_DATA
+_PKTHDR_WORDS_END = L.PKTHDR_WORDS_END
 _HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what the batch kernels take
 # The batch kernels' entry points, called without numba's type resolution (jit.entry:
 # half the call cost, no type checks): every argument is one of the pool's own arrays,
@@ -290,6 +301,8 @@ class MbufPool:
         self._caches: list[list[int]] = [[] for _ in range(L.NZONES)]
         self._bucket = [max(1, min(bucket, n // 8 or 1)) for n in counts]
         self._cmax = [2 * b for b in self._bucket]
+        self._c0 = self._caches[0]  # the mbuf cache, for get / free (the list is kept)
+        self._cmax0 = self._cmax[0]
         # batch caches: the same per-process caches for the batch operations, as
         # numpy arrays (a batch of handles moves in or out as one slice, with no
         # conversion to or from a Python list); filled from and flushed to the
@@ -517,7 +530,7 @@ class MbufPool:
     # ------------------------------------------------------------ allocation
     def get(self, mtype: int = L.MT_DATA) -> int:
         """m_get: a plain mbuf with MLEN bytes of internal data, or 0."""
-        c = self._caches[0]
+        c = self._c0
         if c:
             m = c.pop()
         else:
@@ -526,13 +539,13 @@ class MbufPool:
                 return 0
         b = m << 6
         self.w[b : b + 8] = self._t_plain
-        if mtype != L.MT_DATA:
-            self.w[b + L.W_TYPE] = mtype
+        if mtype != _MT_DATA:
+            self.w[b + _W_TYPE] = mtype
         return m
 
     def gethdr(self, mtype: int = L.MT_DATA) -> int:
         """m_gethdr: a packet-header mbuf (MHLEN bytes internal, pkthdr zeroed), or 0."""
-        c = self._caches[0]
+        c = self._c0
         if c:
             m = c.pop()
         else:
@@ -540,9 +553,9 @@ class MbufPool:
             if not m:
                 return 0
         b = m << 6
-        self.w[b : b + L.PKTHDR_WORDS_END] = self._t_hdr
-        if mtype != L.MT_DATA:
-            self.w[b + L.W_TYPE] = mtype
+        self.w[b : b + _PKTHDR_WORDS_END] = self._t_hdr
+        if mtype != _MT_DATA:
+            self.w[b + _W_TYPE] = mtype
         return m
 
     def _cluster(self, z: int) -> int:
@@ -622,15 +635,15 @@ class MbufPool:
         """m_free: free one mbuf (and drop its cluster reference); returns its next."""
         w = self.w
         b = m << 6
-        if (w[b + L.W_OWNER] >> L.STATE_SHIFT) != L.ST_INUSE:
+        if (w[b + _W_OWNER] >> _STATE_SHIFT) != _ST_INUSE:
             raise PoolError(f"free of mbuf {m}, which is not in use (double free?)")
         nxt = w[b]
-        if w[b + L.W_FLAGS] & L.M_EXT:
-            self._ext_free(w[b + L.W_EXT])
-        w[b + L.W_OWNER] = self.cached_tag
-        c = self._caches[0]
+        if w[b + _W_FLAGS] & _M_EXT:
+            self._ext_free(w[b + _W_EXT])
+        w[b + _W_OWNER] = self.cached_tag
+        c = self._c0
         c.append(m)
-        if len(c) > self._cmax[0]:
+        if len(c) > self._cmax0:
             self._flush(0, self._bucket[0])
         return nxt
 
