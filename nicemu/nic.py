@@ -202,7 +202,7 @@ class Classified:
     reports it only with rxcsum on.
     """
 
-    __slots__ = ("blk", "queues", "lens", "lro")
+    __slots__ = ("blk", "queues", "lens", "lro", "flat")
 
     def __init__(self, blk: npt.NDArray[np.uint32], queues: npt.NDArray[np.intp],
                  lens: list[int], lro: list[off.LroSeg | None | bool] | None = None) -> None:
@@ -210,6 +210,8 @@ class Classified:
         self.queues = queues
         self.lens = lens
         self.lro = lro
+        #: the frames laid out for the DMA (`flatten`), when classifying made it
+        self.flat: FlatFrames | None = None
 
     @classmethod
     def empty(cls, n: int, ifindex: int) -> Classified:
@@ -382,6 +384,18 @@ class Nic:
         out.blk[:, 0] = lens
         if cfg.lro:
             out.lro = [None] * n
+        elif n and min(lens) >= HEAD:
+            # the common kind, any batch size: one compiled pass over the frames laid
+            # out for the DMA (which the receive path then uses as they are)
+            flat = flatten(frames, lens)
+            if nk.classify_v4(flat[0], flat[1], out.blk, self._t16, int(cfg.rss_udp),
+                              int(need_csum)) >= 0:
+                if cfg.rx_queues > 1:
+                    out.queues = self._indir[out.blk[:, 1] & (INDIRECTION_SIZE - 1)]
+                out.flat = flat
+                return out
+            out.blk[:] = tm[:n]  # (rows it wrote before refusing: start afresh)
+            out.blk[:, 0] = lens
         if n < cfg.batch_min:
             return self._classify_scalar(frames, range(n), need_csum, out)
         if min(lens) >= HEAD:
@@ -552,7 +566,7 @@ class Nic:
         if not len(frames):
             return self._check_rearms(now_ns)
         cls = self.classify(frames)
-        return self.receive_classified(frames, cls, now_ns, wire_stamps)
+        return self.receive_classified(frames, cls, now_ns, wire_stamps, flat=cls.flat)
 
     def receive_classified(self, frames: Sequence[BytesLike], cls: Classified, now_ns: int,
                            wire_stamps: Sequence[int] | npt.NDArray[np.integer] | None = None,
