@@ -116,6 +116,28 @@ def wire_bits_total(lengths: Iterable[int]) -> int:
     return (total + WIRE_OVERHEAD * n) * 8
 
 
+_SNDMORE = int(zmq.SNDMORE)
+
+
+def _send_parts(sock: zmq.Socket[Any], parts: Sequence[Any]) -> None:
+    """send_multipart(parts, copy=False) with plain int flags: pyzmq's own ORs its
+    flag enums per part (~1 us each here, a wire message being 3-4 parts)."""
+    last = len(parts) - 1
+    for i, p in enumerate(parts):
+        sock.send(p, _SNDMORE if i < last else 0, copy=False)
+
+
+def _recv_parts(sock: zmq.Socket[Any]) -> list[zmq.Frame]:
+    """recv_multipart(copy=False), asking each frame whether more follow instead of
+    the socket (pyzmq's asks getsockopt(RCVMORE) through its flag enums)."""
+    f = sock.recv(copy=False)
+    parts = [f]
+    while f.more:
+        f = sock.recv(copy=False)
+        parts.append(f)
+    return parts
+
+
 def encode_batch(
     frames: Sequence[BufferLike], stamps: Sequence[int] | None = None, *, seq: int = 0
 ) -> list[Any]:
@@ -330,7 +352,7 @@ class WireTx:
         self.bytes += nbytes
         self.batches += 1
         if self.line_rate_bps is None and not self.delay_ns:
-            sock.send_multipart(parts, copy=False)
+            _send_parts(sock, parts)
             return
         now = self._clock()
         due = now
@@ -355,7 +377,7 @@ class WireTx:
                     return
                 _wait_until(due, self._clock)
                 block_all = False if len(pend) <= self._max_in_flight else block_all
-            sock.send_multipart(pend.popleft()[1], copy=False)
+            _send_parts(sock, pend.popleft()[1])
 
     def flush(self) -> None:
         """Hand every batch held by shaping to ZeroMQ (waiting until each is due)."""
@@ -483,7 +505,7 @@ class WireRx:
             raise WireError("wire is closed")
         if timeout_ms is not None and not self._poller.poll(timeout_ms):
             return None
-        msg = sock.recv_multipart(copy=False)
+        msg = _recv_parts(sock)
         ident, head = msg[0], msg[1]
         kind, flags, count, _seq = _check_header(head.buffer)
         if kind == KIND_EOS:
