@@ -46,7 +46,7 @@ def test_forward_routes_every_frame_out_of_the_second_port(model, txd, tmp_path)
     assert doc["delivered"] == 0 and not doc["drops"]
     assert e["figures"]["latency_us"]["count"] == 600
     assert e["generator"]["ttl"] == {"63": 600}
-    assert e["generator"]["bad_ip_csum"] == 0
+    assert e["generator"]["bad_ip_csum"] == e["generator"]["bad_udp_csum"] == 0
     if txd == "deferred":
         assert doc["roles"]["txthread0"]["packets"] == 600
     # an independent check of what arrived: scapy recomputes the header checksum
@@ -111,12 +111,25 @@ def test_udp_tx_every_datagram_reaches_the_generator(model, txd):
     ok(doc)
     e = doc["egress"]
     assert e["app_sent"] == 800 == e["received_by_generator"]
+    assert e["generator"]["bad_ip_csum"] == e["generator"]["bad_udp_csum"] == 0
     assert doc["copies"]["copyin_bytes"] == 800 * 200
     assert e["generator"]["latency_us"]["count"] == 800
     assert e["generator"]["flows"] == 4
     assert e["figures"]["goodput_bps"] > 0
     if txd == "deferred":
         assert doc["roles"]["txthread0"]["packets"] == 800
+
+
+@pytest.mark.parametrize("txcsum", [True, False])
+def test_udp_tx_checksums_are_the_nics_work_with_txcsum_and_the_stacks_without(txcsum):
+    # with txcsum the output path leaves both checksums to the NIC (if_hwassist);
+    # without, the stack computes them; either way the generator verifies them
+    doc = run_sync(cfg(model="direct", workload="tx", msg_size=300, count=300,
+                       txcsum=txcsum))
+    ok(doc)
+    g = doc["egress"]["generator"]
+    assert g["frames"] == 300 and g["bad_ip_csum"] == 0 and g["bad_udp_csum"] == 0
+    assert doc["counters"]["nic.tx_csum"] == (2 * 300 if txcsum else 0)  # IP and UDP
 
 
 def test_udp_tx_a_full_driver_queue_drops_and_counts():

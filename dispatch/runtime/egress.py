@@ -154,6 +154,7 @@ def merge_sinks(sinks: list[dict[str, Any]]) -> dict[str, Any] | None:
     from dispatch.runtime.result import decode_into, new_histogram, summarize
 
     out: dict[str, Any] = {k: 0 for k in ("frames", "bytes", "other", "bad_ip_csum",
+                                           "bad_udp_csum",
                                            "stamped", "flows")}
     ttl: dict[str, int] = {}
     h = new_histogram()

@@ -84,13 +84,17 @@ def _stack_ctx(pool: MbufPool, plan: dict[str, Any], sockets: Any, role: str) ->
     configuration, the workload's routes and interfaces, the offload switches."""
     from dispatch.runtime.config import RunConfig
     from dispatch.runtime.workload import stack_tables
+    from dispatch.stages.route import driver_hwassist, interfaces, with_hwassist
 
     cfg = RunConfig.from_dict(plan["config"])
     t = stack_tables(cfg)
     ctx = Ctx(pool, config=_stack_config(plan), sockets=sockets, role=role,
               routes=t.get("routes"), neighbors=t.get("neighbors"))
-    if "interfaces" in t:
-        ctx.extra["interfaces"] = t["interfaces"]
+    # the driver's if_hwassist: what the NIC's txcsum / tso do, the output path
+    # leaves to it (without this every checksum was computed in software, txcsum
+    # on or off)
+    ctx.extra["interfaces"] = with_hwassist(t.get("interfaces") or interfaces(ctx),
+                                            driver_hwassist(txcsum=cfg.txcsum, tso=cfg.tso))
     ctx.extra["txcsum"] = cfg.txcsum
     ctx.extra["tso"] = cfg.tso
     return ctx

@@ -25,9 +25,10 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from dispatch.mbuf import layout as L
 from dispatch.packet.ether import mac_bytes
 from dispatch.packet.ipv4 import ip_bytes
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from dispatch.stages.base import Ctx, StackConfig
 
 __all__ = ["Route", "RouteTable", "NeighborTable", "Interface", "interfaces", "local_addrs",
-           "DEFAULT_MTU"]
+           "DEFAULT_MTU", "driver_hwassist", "with_hwassist"]
 
 DEFAULT_MTU = 1500
 _CACHE_MAX = 1 << 16
@@ -194,6 +195,20 @@ def interfaces(ctx: Ctx) -> Sequence[Interface]:
         cached = (cfg, ifs)
         ctx.extra["_default_interfaces"] = cached
     return cached[1]
+
+
+def driver_hwassist(*, txcsum: bool, tso: bool) -> int:
+    """``if_hwassist`` as a driver sets it from its NIC's enabled offloads: the IP
+    and TCP/UDP checksums with txcsum, CSUM_TSO with tso (the NIC's own view is
+    `nicemu.nic.Nic.hwassist`; a test holds the two equal)."""
+    fl = (L.CSUM_IP | L.CSUM_IP_TCP | L.CSUM_IP_UDP | L.CSUM_IP6_TCP | L.CSUM_IP6_UDP) \
+        if txcsum else 0
+    return fl | (L.CSUM_TSO if tso else 0)
+
+
+def with_hwassist(ifs: Sequence[Interface], hwassist: int) -> tuple[Interface, ...]:
+    """The interfaces with the transmit offloads their driver does set."""
+    return tuple(replace(i, hwassist=hwassist) for i in ifs)
 
 
 def _local_sets(cfg: StackConfig, ifs: Sequence[Interface]) -> tuple[frozenset[bytes],

@@ -5,7 +5,9 @@ is the far end: it must say what reached it, per flow, and how long each
 frame took. `FrameSink` counts frames and bytes per flow (the flow is the
 frame's 5-tuple), keeps a running sha256 of each flow's UDP payloads in
 arrival order (so a test can compare with what the host sent), checks each
-IPv4 header checksum and, for forwarding, records the TTL seen, and records
+IPv4 header checksum and each UDP checksum (so that a host's software checksums
+and its NIC's txcsum are both held to what a receiver accepts) and, for
+forwarding, records the TTL seen, and records
 per-frame latency into an HDR histogram:
 
 - from the sender's stamp that the wire carries beside the frame (the host's
@@ -18,7 +20,9 @@ per-frame latency into an HDR histogram:
   reading time would add the generator's own scheduling to the figure).
 
 Frames that are not IPv4/IPv6 UDP or TCP are counted as `other`; frames with a
-bad IPv4 header checksum as `bad_ip_csum` (they are still counted as received).
+bad IPv4 header checksum as `bad_ip_csum`, UDP datagrams whose checksum does not
+verify as `bad_udp_csum` (an IPv4 datagram without one, field 0, is not checked);
+both are still counted as received.
 TCP frames are only counted here; the TCP receiver is `tcpsink`.
 """
 
@@ -30,7 +34,7 @@ from typing import Any, Final
 
 from hdrh.histogram import HdrHistogram
 
-from dispatch.packet.checksum import ones_sum
+from dispatch.packet.checksum import l4_checksum, ones_sum
 from nicemu.trafgen.flows import STAMP, STAMP_LEN, STAMP_MAGIC, l4_offsets
 
 __all__ = ["FrameSink"]
@@ -49,6 +53,7 @@ class FrameSink:
         self.bytes = 0
         self.other = 0
         self.bad_ip_csum = 0
+        self.bad_udp_csum = 0
         self.stamped = 0
         self.ttls: defaultdict[int, int] = defaultdict(int)
         self.per_flow: dict[FlowKey, list[int]] = {}  # key -> [frames, payload bytes]
@@ -89,6 +94,9 @@ class FrameSink:
         dport = int.from_bytes(b[l4 + 2 : l4 + 4], "big")
         p = l4 + 8 if proto == 17 else l4 + (b[l4 + 12] >> 4) * 4
         payload = b[p:end]
+        if proto == 17 and (version == 6 or b[l4 + 6] or b[l4 + 7]) and \
+                l4_checksum(src, dst, 17, b[l4:end]) != 0:
+            self.bad_udp_csum += 1
         key = (src, dst, sport, dport, proto)
         pf = self.per_flow.get(key)
         if pf is None:
@@ -123,7 +131,8 @@ class FrameSink:
         return {
             "hist": h.encode().decode() if n else "",  # to merge several generators' figures
             "frames": self.frames, "bytes": self.bytes, "other": self.other,
-            "bad_ip_csum": self.bad_ip_csum, "stamped": self.stamped,
+            "bad_ip_csum": self.bad_ip_csum, "bad_udp_csum": self.bad_udp_csum,
+            "stamped": self.stamped,
             "ttl": {str(k): v for k, v in sorted(self.ttls.items())},
             "flows": len(self.per_flow), "latency_us": lat,
         }
