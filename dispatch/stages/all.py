@@ -7,6 +7,7 @@ from dispatch.stages import (  # noqa: F401
     inputfast,
     ip,
     ip6,
+    outputfast,
     socket,
     tcp_input,
     tcp_output,

@@ -221,7 +221,10 @@ def sosend_copyin(ctx: Ctx, i: int, data: bytes | memoryview) -> int:
     """Copy user data into a new packet for socket i (the one software copy on send).
 
     TCP data goes into clusters only, so tcp_output can share them with
-    m_copym instead of copying; UDP data keeps leading space for its headers.
+    m_copym instead of copying; a UDP datagram keeps leading space for its
+    headers, in the packet-header mbuf or, larger, in a cluster (as FreeBSD's
+    sosend_dgram asks m_uiotombuf for max_hdr in front), so that udp_output and
+    ether_output prepend in place; one larger than a cluster becomes a chain.
     Returns the handle, or 0 when the pool denies (counted by the pool).
     """
     pool = ctx.pool
@@ -231,10 +234,16 @@ def sosend_copyin(ctx: Ctx, i: int, data: bytes | memoryview) -> int:
     if tcp and n:
         m = pool.getcl(min(n, L.MJUMPAGESIZE) if n > L.MCLBYTES and pool.counts[2]
                        else L.MCLBYTES)
-    else:
+    elif n + UDP_HDR_ROOM <= L.MHLEN:
         m = pool.gethdr()
-        if m and n + UDP_HDR_ROOM <= L.MHLEN:  # else udp_output prepends a header mbuf
+        if m:
             pool.w[(m << 6) + L.W_DATA] += UDP_HDR_ROOM
+    elif n + UDP_HDR_ROOM <= L.MCLBYTES:  # a cluster, headers' room kept (m_uiotombuf)
+        m = pool.getcl(L.MCLBYTES)
+        if m:
+            pool.w[(m << 6) + L.W_DATA] = UDP_HDR_ROOM
+    else:  # a chain: udp_output prepends a header mbuf
+        m = pool.gethdr()
     if not m:
         return 0
     if n and not pool.append(m, data):
