@@ -528,7 +528,10 @@ class IthreadRole(HostRole):
             hs = self.rx.pop_array(self.quota if self.polling else self.batch)
             if not len(hs):
                 self.flush_handoffs()
-                self.rearm(doorbell=taken >= self.batch)
+                # (a lone packet is light load at any batch size: at batch 1 every
+                # interrupt took one, and its doorbell woke the NIC for nothing while
+                # the user thread it had just woken needed the CPU)
+                self.rearm(doorbell=taken >= max(self.batch, 2))
                 if len(self.rx):  # arrived between the last pop and the re-arm
                     continue
                 return
