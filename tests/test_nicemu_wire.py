@@ -18,22 +18,47 @@ def _frames(n: int, base: int = 0) -> list[bytes]:
 
 def test_encode_decode_round_trip() -> None:
     frames = _frames(10)
-    parts = encode_batch(frames, list(range(10, 20)), seq=3)
-    got, stamps = decode_batch([bytes(p) for p in parts])
+    msg = encode_batch(frames, list(range(10, 20)), seq=3)
+    assert isinstance(msg, bytes)  # one part: header, stamps, lengths, payload
+    got, stamps = decode_batch(msg)
     assert [bytes(f) for f in got] == frames
     assert stamps is not None and list(stamps) == list(range(10, 20))
-    got2, st2 = decode_batch([bytes(p) for p in encode_batch([])])
+    got, stamps = decode_batch(encode_batch(frames[:3]))
+    assert [bytes(f) for f in got] == frames[:3] and stamps is None
+    got2, st2 = decode_batch(encode_batch([]))
     assert got2 == [] and st2 is None
 
 
 def test_decode_rejects_garbage() -> None:
-    parts = [bytes(p) for p in encode_batch(_frames(3))]
-    with pytest.raises(WireError):
-        decode_batch([b"junk", *parts[1:]])
-    with pytest.raises(WireError):
-        decode_batch([parts[0], parts[1], parts[2][:-1]])
+    msg = encode_batch(_frames(3))
+    with pytest.raises(WireError, match="magic"):
+        decode_batch(b"junk" + msg[4:])
+    with pytest.raises(WireError, match="shorter"):
+        decode_batch(msg[:10])
+    with pytest.raises(WireError, match="payload"):
+        decode_batch(msg[:-1])
+    with pytest.raises(WireError, match="lengths"):
+        decode_batch(msg[:30])
     with pytest.raises(ValueError):
         encode_batch(_frames(2), [1])
+
+
+def test_a_multipart_message_is_refused_by_name(tmp_path: Path) -> None:
+    import zmq
+
+    ep = f"ipc://{tmp_path}/old"
+    rx = WireRx(ep)
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.DEALER)
+    try:
+        s.connect(ep)
+        s.send_multipart([b"a", b"b", b"c"])
+        with pytest.raises(WireError, match="3 parts"):
+            rx.recv_batch(2000)
+    finally:
+        s.close(0)
+        ctx.term()
+        rx.close()
 
 
 def test_bad_endpoint() -> None:
