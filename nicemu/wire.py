@@ -87,6 +87,11 @@ KIND_ACK: Final = 3
 FLAG_STAMPS: Final = 1
 #: header: magic, version, kind, flags, count, seq
 HEADER: Final = struct.Struct("<4sBBHIQ")
+#: the header, stamp and length of a one-frame batch, packed at once
+_ONE_STAMPED: Final = struct.Struct("<4sBBHIQQI")
+_ONE: Final = struct.Struct("<4sBBHIQI")
+_ONE_TAIL_STAMPED: Final = struct.Struct("<QI")
+_U32: Final = struct.Struct("<I")
 #: FCS + preamble/SFD + inter-frame gap, in bytes (same as dist.WIRE_OVERHEAD)
 WIRE_OVERHEAD: Final = 24
 _LITTLE: Final = sys.byteorder == "little"
@@ -148,6 +153,12 @@ def encode_batch(
     """The message for a batch (see the module docstring)."""
     if stamps is not None and len(stamps) != len(frames):
         raise ValueError(f"{len(stamps)} stamps for {len(frames)} frames")
+    if len(frames) == 1:  # (a request/response transaction's: no arrays to build)
+        f = frames[0]
+        if stamps is not None:
+            return _ONE_STAMPED.pack(MAGIC, VERSION, KIND_DATA, FLAG_STAMPS, 1, seq,
+                                     stamps[0], len(f)) + f
+        return _ONE.pack(MAGIC, VERSION, KIND_DATA, 0, 1, seq, len(f)) + f
     flags = FLAG_STAMPS if stamps is not None else 0
     head = HEADER.pack(MAGIC, VERSION, KIND_DATA, flags, len(frames), seq)
     if stamps is not None:
@@ -210,6 +221,21 @@ def _unpack(
 def _split(
     msg: BufferLike, flags: int, count: int
 ) -> tuple[list[memoryview], Sequence[int] | None]:
+    if count == 1:  # (a request/response transaction's: no views to cast)
+        o = HEADER.size
+        mv = memoryview(msg)
+        stamps1: Sequence[int] | None = None
+        if flags & FLAG_STAMPS:
+            if len(mv) < o + 12:
+                raise WireError(f"message is {len(mv)} bytes, too short for one stamped frame")
+            stamps1 = _ONE_TAIL_STAMPED.unpack_from(mv, o)[:1]
+            o += 8
+        elif len(mv) < o + 4:
+            raise WireError(f"message is {len(mv)} bytes, too short for one frame")
+        (n,) = _U32.unpack_from(mv, o)
+        if len(mv) - o - 4 != n:
+            raise WireError(f"payload is {len(mv) - o - 4} bytes, lengths sum to {n}")
+        return [mv[o + 4 :]], stamps1
     lengths, payload, stamps = _unpack(msg, flags, count)
     ends = list(accumulate(lengths))
     if (ends[-1] if ends else 0) != len(payload):

@@ -25,6 +25,11 @@ def test_encode_decode_round_trip() -> None:
     assert stamps is not None and list(stamps) == list(range(10, 20))
     got, stamps = decode_batch(encode_batch(frames[:3]))
     assert [bytes(f) for f in got] == frames[:3] and stamps is None
+    for one in (frames[4], bytearray(frames[4]), memoryview(frames[4])):  # (packed at once)
+        got, stamps = decode_batch(encode_batch([one], [77], seq=9))
+        assert [bytes(f) for f in got] == [frames[4]] and list(stamps or []) == [77]
+        got, stamps = decode_batch(encode_batch([one]))
+        assert [bytes(f) for f in got] == [frames[4]] and stamps is None
     got2, st2 = decode_batch(encode_batch([]))
     assert got2 == [] and st2 is None
 
