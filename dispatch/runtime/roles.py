@@ -129,6 +129,8 @@ def wait_connected(socks: list[zmq.Socket], timeout_s: float = 5.0) -> None:
 # plain ints: pyzmq's flags are enum.Flag members, and an | of two costs ~1 us
 _NOBLOCK = int(zmq.NOBLOCK)
 _SNDMORE = int(zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
 
 #: how long a counted receive waits for a message it knows is on its way (its sender
 #: counted it, then sent it) before giving up on it as lost with a dead sender
@@ -154,7 +156,7 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
     got = 0
     want = min(pending, most)
     try:
-        while got < want or (got == 0 and sock.get(zmq.EVENTS) & zmq.POLLIN):
+        while got < want or (got == 0 and sock.get(_EVENTS) & _POLLIN):
             raw = sock.recv(0 if got < want else _NOBLOCK)
             if staged:  # [stage, handles]: the second part comes with the first
                 stage = raw.decode()
@@ -341,7 +343,7 @@ class HostRole:
     def ring_doorbell(self) -> None:
         """Tell the NIC to look at its rings now (it may be asleep until its timer)."""
         try:
-            self.doorbell.send(b"", zmq.NOBLOCK)
+            self.doorbell.send(b"", _NOBLOCK)
         except zmq.Again:
             pass  # doorbells already pending: the NIC will look anyway
 
@@ -482,7 +484,7 @@ class IthreadRole(HostRole):
         self.irq.rearm()
         if doorbell:
             try:
-                self.doorbell.send(b"", zmq.NOBLOCK)
+                self.doorbell.send(b"", _NOBLOCK)
             except zmq.Again:
                 pass  # doorbells already pending: the NIC will look anyway
 
@@ -503,7 +505,7 @@ class IthreadRole(HostRole):
                 # one interrupt message (the NIC raises no other until re-armed; a
                 # stray second one wakes the next poll at once): asking the socket
                 # whether there is more would cost a system call (~4 us here)
-                self.irq_sock.recv(zmq.NOBLOCK)
+                self.irq_sock.recv(_NOBLOCK)
                 self.counts["interrupts"] += 1
                 self.service()
             elif len(self.rx) and not self.polling:
@@ -778,7 +780,7 @@ class TxthreadRole(HostRole):
         if not self.held:
             while len(self.held) < self.batch:
                 try:
-                    raw = self.sock.recv(zmq.NOBLOCK)
+                    raw = self.sock.recv(_NOBLOCK)
                 except zmq.Again:
                     break
                 hs = _unpack(raw)
