@@ -28,6 +28,7 @@ import time
 from array import array
 
 import zmq
+from calibration import calibrate
 
 from dispatch.mbuf import MbufPool, PoolConfig
 
@@ -346,6 +347,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
           f"Python {platform.python_version()}, {platform.platform()}")
     print(f"median of {args.runs} runs, {args.seconds:.1f} s each; an op = alloc + free")
+    print(f"calibration: {calibrate():.0f} ns per loop of 3 pool-header reads (machine "
+          "speed now: bench/calibration.py)")
     name = f"demu-bench-{os.getpid()}"
     with tempfile.TemporaryDirectory() as tmp, MbufPool.create(name, CONFIG,
                                                                owner="alloc") as pool:

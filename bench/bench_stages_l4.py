@@ -32,6 +32,8 @@ import struct
 import time
 from collections.abc import Callable
 
+from calibration import calibrate
+
 from dispatch.mbuf import MbufPool, PoolConfig
 from dispatch.mbuf import layout as L
 from dispatch.packet.checksum import l4_checksum
@@ -124,20 +126,6 @@ def median_of(runs: int, fn: Callable[[], float]) -> tuple[float, float, float]:
     fn()  # warm-up
     xs = [fn() for _ in range(runs)]
     return statistics.median(xs), min(xs), max(xs)
-
-
-def calibrate() -> float:
-    """ns for a bare Python loop body of three memoryview reads: scales the table."""
-    w = memoryview(bytearray(4 * 1100 * 64)).cast("I")
-    ms = list(range(1, 1025))
-    best = float("inf")
-    for _ in range(20):
-        t0 = time.perf_counter_ns()
-        for m in ms:
-            b = m << 6
-            _x, _y, _z = w[b + 14], w[b + 8], w[b + 7]
-        best = min(best, (time.perf_counter_ns() - t0) / len(ms))
-    return best
 
 
 def main() -> None:
