@@ -162,10 +162,9 @@ _HT_IP4, _HT_UDP4, _HT_TCP4 = M_HASHTYPE_RSS_IPV4, M_HASHTYPE_RSS_UDP_IPV4, M_HA
 
 
 @helper
-def _sums_to_ones(data, start, end, init):  # type: ignore[no-untyped-def]
-    """True if `init` plus data[start:end] as big-endian 16-bit words (an odd last
-    byte padded with zero) folds to 0xFFFF in ones-complement arithmetic: the
-    RFC 1071 verification of a span that includes its checksum."""
+def _ones_sum16(data, start, end, init):  # type: ignore[no-untyped-def]
+    """`init` plus data[start:end] as big-endian 16-bit words (an odd last byte padded
+    with zero), folded to 16 bits (not complemented)."""
     s = np.int64(init)
     i = start
     while i + 1 < end:
@@ -175,7 +174,14 @@ def _sums_to_ones(data, start, end, init):  # type: ignore[no-untyped-def]
         s += np.int64(data[i]) << 8
     while s >> 16:
         s = (s & 0xFFFF) + (s >> 16)
-    return s == 0xFFFF
+    return s
+
+
+@helper
+def _sums_to_ones(data, start, end, init):  # type: ignore[no-untyped-def]
+    """True if `init` plus data[start:end] folds to 0xFFFF in ones-complement
+    arithmetic: the RFC 1071 verification of a span that includes its checksum."""
+    return _ones_sum16(data, start, end, init) == 0xFFFF
 
 
 @kernel(types.int64(ro_u8_1d, i64_1d, u32_2d, ro_u32_1d, types.int64, types.int64))
@@ -227,22 +233,6 @@ def classify_v4(data, doff, blk, t16, udp_ports, check):  # type: ignore[no-unty
             blk[j, 4] = (_L3_OK if l3ok else _L3_BAD) | (_L4_OK if l4ok else _L4_BAD)
             blk[j, 5] = 0xFFFF if l4ok else 0
     return n
-
-
-@helper
-def _ones_sum16(data, start, end, init):  # type: ignore[no-untyped-def]
-    """`init` plus data[start:end] as big-endian 16-bit words (an odd last byte padded
-    with zero), folded to 16 bits (not complemented)."""
-    s = np.int64(init)
-    i = start
-    while i + 1 < end:
-        s += (np.int64(data[i]) << 8) | np.int64(data[i + 1])
-        i += 2
-    if i < end:
-        s += np.int64(data[i]) << 8
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
 
 
 @kernel(types.int64(u8_1d, types.int64))
