@@ -504,8 +504,13 @@ def test_stale_segment_of_a_sigkilled_creator_is_replaced(pool_name):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_creator_removes_segment_on_signal(pool_name, sig):
+    # (the child as a process started from a terminal: a suite run in the background
+    # of a non-interactive shell hands its children SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt for it, so SIGINT would not stop the creator)
     proc = _run_child(f"""
+        import signal
         import time
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         from dispatch.mbuf import MbufPool, PoolConfig
         p = MbufPool.create({pool_name!r}, PoolConfig(nmbufs=64, nclusters=8, njumbop=0,
                                                       njumbo9=0, njumbo16=0))
