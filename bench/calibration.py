@@ -1,10 +1,10 @@
 """How fast this machine runs Python right now: one figure to print beside a benchmark.
 
 The 2-core VM these benchmarks are kept on runs at about half speed at some
-hours (its neighbours' load): the same script, minutes apart, measured 150
-and 272 ns for the loop below, and the pool's rows 1.7 and 0.95 M/s. A
-figure quoted without this one cannot be told apart from the machine's mood;
-side-by-side ratios can.
+hours (its neighbours' load): one round of benchmarks measured 272 ns for the
+loop below and a later one 150, and the pool's rows went from 0.95 to 1.7 M/s
+within a session with no code changed. A figure quoted without this one
+cannot be told apart from the machine's mood; side-by-side ratios can.
 """
 
 from __future__ import annotations

@@ -204,46 +204,55 @@ def _check_header(msg: BufferLike) -> tuple[int, int, int, int]:
     return kind, flags, count, seq
 
 
+def _payload_bytes(msg_len: int, flags: int, count: int) -> int:
+    """Bytes of frames in a DATA message of `msg_len` bytes (what follows the header,
+    the stamps and the lengths)."""
+    return msg_len - HEADER.size - (12 if flags & FLAG_STAMPS else 4) * count
+
+
 def _unpack(
     msg: BufferLike, flags: int, count: int
 ) -> tuple[Sequence[int], memoryview, Sequence[int] | None]:
-    """(lengths, payload, stamps) of a DATA message, as views into it."""
+    """(lengths, payload, stamps) of a DATA message, as views into it (a one-frame
+    batch, a request/response transaction's, read with one struct: no views cast);
+    the lengths checked against the payload."""
     mv = memoryview(msg).cast("B")
     o = HEADER.size
-    stamps = None
-    if flags & FLAG_STAMPS:
-        stamps = _stamps_view(mv[o : o + 8 * count], count)
-        o += 8 * count
-    lengths = _lengths_view(mv[o : o + 4 * count], count)
-    return lengths, mv[o + 4 * count :], stamps
+    if _payload_bytes(len(mv), flags, count) < 0:
+        raise WireError(f"message is {len(mv)} bytes, too short for the stamps and "
+                        f"lengths of {count} frames")
+    if count == 1:
+        if flags & FLAG_STAMPS:
+            stamp, n = _ONE_TAIL_STAMPED.unpack_from(mv, o)
+            lengths: Sequence[int] = (n,)
+            stamps: Sequence[int] | None = (stamp,)
+            o += 12
+        else:
+            lengths, stamps = _U32.unpack_from(mv, o), None
+            o += 4
+        payload = mv[o:]
+        total = lengths[0]
+    else:
+        stamps = None
+        if flags & FLAG_STAMPS:
+            stamps = _stamps_view(mv[o : o + 8 * count], count)
+            o += 8 * count
+        lengths = _lengths_view(mv[o : o + 4 * count], count)
+        payload = mv[o + 4 * count :]
+        total = sum(lengths)
+    if total != len(payload):
+        raise WireError(f"payload is {len(payload)} bytes, lengths sum to {total}")
+    return lengths, payload, stamps
 
 
 def _split(
     msg: BufferLike, flags: int, count: int
 ) -> tuple[list[memoryview], Sequence[int] | None]:
-    if count == 1:  # (a request/response transaction's: no views to cast)
-        o = HEADER.size
-        mv = memoryview(msg)
-        stamps1: Sequence[int] | None = None
-        if flags & FLAG_STAMPS:
-            if len(mv) < o + 12:
-                raise WireError(f"message is {len(mv)} bytes, too short for one stamped frame")
-            stamps1 = _ONE_TAIL_STAMPED.unpack_from(mv, o)[:1]
-            o += 8
-        elif len(mv) < o + 4:
-            raise WireError(f"message is {len(mv)} bytes, too short for one frame")
-        (n,) = _U32.unpack_from(mv, o)
-        if len(mv) - o - 4 != n:
-            raise WireError(f"payload is {len(mv) - o - 4} bytes, lengths sum to {n}")
-        return [mv[o + 4 :]], stamps1
     lengths, payload, stamps = _unpack(msg, flags, count)
-    ends = list(accumulate(lengths))
-    if (ends[-1] if ends else 0) != len(payload):
-        raise WireError(
-            f"payload is {len(payload)} bytes, lengths sum to {ends[-1] if ends else 0}"
-        )
-    starts = [0, *ends[:-1]]
-    return [payload[s:e] for s, e in zip(starts, ends)], stamps
+    if count == 1:
+        return [payload], stamps
+    starts = [0, *accumulate(lengths)][:-1]
+    return [payload[s : s + n] for s, n in zip(starts, lengths)], stamps
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,7 +359,8 @@ class WireTx:
             return
         msg = encode_batch(frames, stamps, seq=self.batches)
         n = len(frames)
-        self._submit(msg, n, len(msg) - HEADER.size - (12 if stamps is not None else 4) * n)
+        self._submit(msg, n, _payload_bytes(len(msg), FLAG_STAMPS if stamps is not None
+                                            else 0, n))
 
     def send_packed(
         self,
@@ -545,7 +555,7 @@ class WireRx:
             raise WireError(f"unexpected message kind {kind}")
         self.frames += count
         self.batches += 1
-        self.bytes += max(0, len(msg) - HEADER.size - (12 if flags & FLAG_STAMPS else 4) * count)
+        self.bytes += max(0, _payload_bytes(len(msg), flags, count))
         return msg, flags, count
 
     def recv_batch(
@@ -566,10 +576,7 @@ class WireRx:
         if r is None:
             return None
         msg, flags, count = r
-        lengths, payload, stamps = _unpack(msg, flags, count)
-        if sum(lengths) != len(payload):
-            raise WireError(f"payload is {len(payload)} bytes, lengths sum to {sum(lengths)}")
-        return lengths, payload, stamps
+        return _unpack(msg, flags, count)
 
     def close(self) -> None:
         if self._sock is not None:

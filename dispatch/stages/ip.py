@@ -52,7 +52,7 @@ from dispatch.stages.base import (
     stage,
 )
 from dispatch.stages.frag import IP_FRAG_DROPS, _expire, ip_reass
-from dispatch.stages.route import interfaces, local_addrs
+from dispatch.stages.route import Interface, interfaces, local_addrs
 
 if TYPE_CHECKING:
     from dispatch.mbuf.pool import MbufPool
@@ -368,6 +368,15 @@ def demux_out(stats: Stats, prefix: str, total: int, tcp: list[int], udp: list[i
     return out
 
 
+def iface_v4(iface: Interface) -> bytes | None:
+    """The interface's first IPv4 address (packed), the source ip_output gives a
+    datagram sent from 0.0.0.0; None if it has none."""
+    for a in iface.addrs:
+        if ":" not in a:
+            return bytes(int(x) for x in a.split("."))
+    return None
+
+
 def _next_id(ctx: Ctx, n: int) -> int:
     i = ctx.extra.get("ip_id", 0)
     ctx.extra["ip_id"] = (i + n) & 0xFFFF
@@ -428,10 +437,9 @@ def ip_output(ctx: Ctx, batch: list[int]) -> Routed:
         if buf[o + 8] == 0:
             buf[o + 8] = 64
         if buf[o + 12 : o + 16] == _ANY4:
-            for a in iface.addrs:
-                if ":" not in a:
-                    buf[o + 12 : o + 16] = bytes(int(x) for x in a.split("."))
-                    break
+            src = iface_v4(iface)
+            if src is not None:
+                buf[o + 12 : o + 16] = src
         sw = csf & ~iface.hwassist
         if sw & _CSUM_L4_TX:
             l4_delayed_cksum(pool, m, l3off=0, l4off=hl, proto=buf[o + 9],

@@ -15,8 +15,8 @@ It takes only the common batch: no routing table and no VLAN on interface 0
 (the rx, tx and rr workloads' host), IPv4 connected sockets, each packet one
 writable mbuf (its own storage, or a cluster it alone holds) with room for
 the headers in front of its payload (what `sosend_copyin` makes for a
-datagram of up to a cluster), within the MTU, and the IP and UDP checksums offloaded (txcsum, and the interface's
-hwassist has them). Anything else returns None having changed nothing, and
+datagram of up to a cluster), within the MTU, and the IP and UDP checksums
+offloaded (txcsum, and the interface's hwassist has them). Anything else returns None having changed nothing, and
 the Runner runs the stages one by one with the same results, which
 tests/test_stages_outputfast.py holds it to on random mixed batches: routed
 lists, drops, counters, socket counters, every header word and byte.
@@ -39,10 +39,11 @@ from dispatch.stages.base import (
     fusion,
 )
 from dispatch.stages.ether import _peer_mac
-from dispatch.stages.ip import _next_id
+from dispatch.stages.ip import _next_id, iface_v4
 from dispatch.stages.route import interfaces
 from dispatch.stages.socktab import AF_INET6, P_FPORT, Q_SND_REMOVED, Q_SNDBYTE, Q_SNDPACK
 from dispatch.stages.tcp_output import endpoints, offload
+from dispatch.stages.udp import udp_pseudo_sum
 
 __all__ = ["udp4_output_fused"]
 
@@ -117,18 +118,16 @@ def udp4_output_fused(ctx: Ctx, batch: Batch, entry: str) -> Routed | None:
         b = m << 6
         plen = w[b + _W_PKTLEN]
         ulen = plen + 8
-        ps = int.from_bytes(la, "big") % 0xFFFF + int.from_bytes(fa, "big") % 0xFFFF + \
-            17 + ulen
         src = la
-        if la == _ANY4:  # ip_output: the interface's first IPv4 address
+        if la == _ANY4:  # as ip_output: the interface's first IPv4 address
             if src_any is None:
-                src_any = _first_v4(iface.addrs)
+                src_any = iface_v4(iface) or _ANY4
             src = src_any
         d = w[b + _W_DATA] - _HL
         e = w[b + _W_EXT] if w[b + _W_FLAGS] & L.M_EXT else 0
         _HDRS.pack_into(buf, (cl_base[e] if e else base + (m << 8)) + d, dmac, smac, 0x0800,
                         0x45, 0, 20 + ulen, ident, 0, 64, 17, 0, src, fa,
-                        lp, fp, ulen, ones_sum(b"", ps))
+                        lp, fp, ulen, ones_sum(b"", udp_pseudo_sum(la, fa, ulen)))
         ident = (ident + 1) & 0xFFFF
         w[b + _W_DATA] = d
         w[b + _W_LEN] = plen + _HL
@@ -151,9 +150,3 @@ def udp4_output_fused(ctx: Ctx, batch: Batch, entry: str) -> Routed | None:
     st["ether.if_obytes"] += nbytes
     return {IF_TRANSMIT: [p[0] for p in plan]}
 
-
-def _first_v4(addrs: tuple[str, ...]) -> bytes:
-    for a in addrs:
-        if ":" not in a:
-            return bytes(int(x) for x in a.split("."))
-    return _ANY4
