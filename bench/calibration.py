@@ -3,8 +3,10 @@
 The 2-core VM these benchmarks are kept on runs at about half speed at some
 hours (its neighbours' load): one round of benchmarks measured 272 ns for the
 loop below and a later one 150, and the pool's rows went from 0.95 to 1.7 M/s
-within a session with no code changed. A figure quoted without this one
-cannot be told apart from the machine's mood; side-by-side ratios can.
+within a session with no code changed. This is a snapshot (the best of 20
+passes) taken when the benchmark starts: it says how fast the machine can
+run then, not that it kept that speed through the rows (a 140 ns snapshot
+once preceded rows at half speed). Side-by-side ratios are the reliable part.
 """
 
 from __future__ import annotations
