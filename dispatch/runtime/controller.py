@@ -25,7 +25,7 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
@@ -44,6 +44,7 @@ from dispatch.runtime.launcher import (
 )
 from dispatch.runtime.netisr import NetisrTable
 from dispatch.runtime.placement import placement
+from dispatch.runtime.sampler import Sampler
 from dispatch.runtime.transport import (
     TransportConfig,
     binder_of,
@@ -51,6 +52,9 @@ from dispatch.runtime.transport import (
     make_endpoint,
     zap_counts,
 )
+
+if TYPE_CHECKING:
+    from dispatch.live import LivePublisher
 
 #: how often the peak of mbufs in use is sampled during a run: each sample reads
 #: every mbuf's owner word (2 MB of cache lines for 32 k mbufs, lines the roles are
@@ -441,14 +445,14 @@ class Controller:
                                                       else ["nic0"])
         limit = (cfg.duration or 0) + self.timeout_s if cfg.duration else self.timeout_s * 4
         self.peak_in_use = 0
-        sampler = asyncio.create_task(self._sample_pool(cfg))
+        live = self._live_publisher(cfg)
+        sampler = Sampler(lambda: self._sample(live), PEAK_SAMPLE_S).start()
         try:
             dones = await self._gather("source_done", sources, timeout=limit)
             done = _merge_source_reports([dones[n] for n in sources])
         finally:
-            sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sampler
+            sampler.stop()
+            live.sample(self, phase="draining", force=True)
         t1 = time.monotonic_ns()
         await self._quiesce()
         drained: dict[str, dict[str, Any]] = {}
@@ -485,25 +489,24 @@ class Controller:
         end_of_run(ctx)
         return ctx.stats.snapshot()
 
-    async def _sample_pool(self, cfg: RunConfig | None = None) -> None:
-        """Track the peak of mbufs in use while traffic runs (netstat -m is a snapshot:
-        sampled every PEAK_SAMPLE_S), and publish the live state (dispatch.live) for top, netstat --watch and progress
-        about twice a second."""
+    def _live_publisher(self, cfg: RunConfig) -> LivePublisher:
+        """This controller's live document (dispatch.live), begun for a run's traffic."""
         from dispatch.live import LivePublisher
 
-        assert self.pool is not None and self.session is not None
+        assert self.session is not None
         live: LivePublisher | None = getattr(self, "_live", None)
         if live is None:
             live = self._live = LivePublisher(self.session.run_id)
-        live.begin(self, cfg or self.cfg)
-        try:
-            while True:
-                self.peak_in_use = max(self.peak_in_use, self.pool.in_use())
-                live.sample(self)
-                await asyncio.sleep(PEAK_SAMPLE_S)
-        except asyncio.CancelledError:
-            live.sample(self, phase="draining", force=True)
-            raise
+        live.begin(self, cfg)
+        return live
+
+    def _sample(self, live: LivePublisher) -> None:
+        """One look while traffic runs (in the sampling thread, sampler.py): the peak
+        of mbufs in use (netstat -m is a snapshot: sampled every PEAK_SAMPLE_S), and
+        the live state for top, netstat --watch and progress about twice a second."""
+        assert self.pool is not None
+        self.peak_in_use = max(self.peak_in_use, self.pool.in_use())
+        live.sample(self)
 
     def rings_in_flight(self) -> int:
         """Packets in the NIC's rx rings (not yet taken by an ithread), tx rings (every

@@ -1,0 +1,67 @@
+"""Tests for dispatch.runtime.sampler: the controller's watch over a run, in a thread
+of its own below the controller's priority."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from dispatch.runtime.sampler import SAMPLER_NICE, Sampler, lower_this_threads_priority
+
+
+def _nice_of_this_thread() -> int:
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def test_samples_run_in_their_own_thread_at_a_lower_priority():
+    seen: list[tuple[str, int]] = []
+    mine = _nice_of_this_thread()
+
+    def sample() -> None:
+        seen.append((threading.current_thread().name, _nice_of_this_thread()))
+
+    s = Sampler(sample, 0.01).start()
+    time.sleep(0.2)
+    s.stop()
+    assert len(seen) >= 3 and s.samples == len(seen)
+    assert {name for name, _ in seen} == {"dispatch-sampler"}
+    assert {nice for _, nice in seen} == {min(19, mine + SAMPLER_NICE)} == {s.nice}
+    assert _nice_of_this_thread() == mine  # only the sampling thread was reniced
+
+
+def test_the_first_sample_is_taken_at_once_and_stop_does_not_wait_an_interval():
+    first = threading.Event()
+    s = Sampler(first.set, 60.0).start()
+    assert first.wait(5)
+    t0 = time.monotonic()
+    s.stop()
+    assert time.monotonic() - t0 < 1.0
+    assert s.samples == 1
+
+
+def test_a_failing_sample_fails_the_stop_and_ends_the_sampling():
+    calls = []
+
+    def sample() -> None:
+        calls.append(1)
+        raise ValueError("pool gone")
+
+    s = Sampler(sample, 0.001).start()
+    time.sleep(0.05)
+    with pytest.raises(ValueError, match="pool gone"):
+        s.stop()
+    assert calls == [1]
+    s.stop()  # (the error is raised once)
+
+
+def test_lowering_is_capped_at_nice_19():
+    out: list[int | None] = []
+    t = threading.Thread(target=lambda: out.extend([lower_this_threads_priority(15),
+                                                    lower_this_threads_priority(15)]))
+    t.start()
+    t.join()
+    start = _nice_of_this_thread()
+    assert out == [min(19, start + 15), 19]
