@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 
 from dispatch import live
-from dispatch.runtime.sampler import SAMPLER_NICE
 
 
 @pytest.fixture
@@ -29,12 +28,12 @@ async def test_controller_publishes_and_removes_its_live_state(runtime_dir):
 
     seen: list[dict] = []
     on_disk: list[bool] = []
-    niceness: dict[str, int] = {}  # by phase: the nice value of the thread that published
+    policy: dict[str, int] = {}  # by phase: the scheduling policy of the publishing thread
 
     def observer(state: dict) -> None:
         seen.append(state)
         on_disk.append((runtime_dir / f"{state['run_id']}.json").exists())
-        niceness[state["phase"]] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        policy[state["phase"]] = os.sched_getscheduler(threading.get_native_id())
 
     unsubscribe = live.observe(observer)
     try:
@@ -54,12 +53,12 @@ async def test_controller_publishes_and_removes_its_live_state(runtime_dir):
     assert last["rates"]["delivered_pps"] is not None and last["delivered"] > 0
     assert last["netisr"]["workstreams"][0]["queued"] > 0
     assert seen[-1]["phase"] == "draining"
-    # traffic is watched from a thread below the controller's priority (sampler.py), and
-    # the controller itself (which published the draining state) keeps its own
-    mine = os.getpriority(os.PRIO_PROCESS, 0)
-    assert niceness["draining"] == mine
-    assert niceness["traffic"] == min(19, mine + SAMPLER_NICE)
+    # traffic is watched from a SCHED_IDLE thread (sampler.py), and the controller itself
+    # (which published the draining state) keeps its own policy
+    assert policy["traffic"] == os.SCHED_IDLE
+    assert policy["draining"] == os.sched_getscheduler(0) != os.SCHED_IDLE
     assert 0 < doc["mbuf"]["peak_mbufs_in_use"] <= doc["mbuf"]["zones"]["mbuf"]["total"]
+    assert doc["mbuf"]["peak_samples"] >= len(traffic)
     # what was on file at the end is the final state, and it never counts more than the run
     assert on_file["run_id"] == ctl.session.run_id
     assert on_file["delivered"] <= doc["delivered"]

@@ -9,27 +9,27 @@ import time
 
 import pytest
 
-from dispatch.runtime.sampler import SAMPLER_NICE, Sampler, lower_this_threads_priority
+from dispatch.runtime.sampler import Sampler, lower_this_threads_priority
 
 
-def _nice_of_this_thread() -> int:
-    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+def _policy_of_this_thread() -> int:
+    return os.sched_getscheduler(threading.get_native_id())
 
 
-def test_samples_run_in_their_own_thread_at_a_lower_priority():
+def test_samples_run_in_their_own_thread_under_sched_idle():
     seen: list[tuple[str, int]] = []
-    mine = _nice_of_this_thread()
+    mine = _policy_of_this_thread()
 
     def sample() -> None:
-        seen.append((threading.current_thread().name, _nice_of_this_thread()))
+        seen.append((threading.current_thread().name, _policy_of_this_thread()))
 
     s = Sampler(sample, 0.01).start()
     time.sleep(0.2)
     s.stop()
     assert len(seen) >= 3 and s.samples == len(seen)
     assert {name for name, _ in seen} == {"dispatch-sampler"}
-    assert {nice for _, nice in seen} == {min(19, mine + SAMPLER_NICE)} == {s.nice}
-    assert _nice_of_this_thread() == mine  # only the sampling thread was reniced
+    assert {policy for _, policy in seen} == {os.SCHED_IDLE} and s.policy == "idle"
+    assert _policy_of_this_thread() == mine  # only the sampling thread was rescheduled
 
 
 def test_the_first_sample_is_taken_at_once_and_stop_does_not_wait_an_interval():
@@ -57,11 +57,20 @@ def test_a_failing_sample_fails_the_stop_and_ends_the_sampling():
     s.stop()  # (the error is raised once)
 
 
-def test_lowering_is_capped_at_nice_19():
-    out: list[int | None] = []
-    t = threading.Thread(target=lambda: out.extend([lower_this_threads_priority(15),
-                                                    lower_this_threads_priority(15)]))
+def test_where_sched_idle_is_refused_the_thread_gets_nice_19(monkeypatch):
+    def refuse(*_a: object) -> None:
+        raise PermissionError("not here")
+
+    monkeypatch.setattr(os, "sched_setscheduler", refuse)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    out: list[object] = []
+
+    def body() -> None:
+        out.append(lower_this_threads_priority())
+        out.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+
+    t = threading.Thread(target=body)
     t.start()
     t.join()
-    start = _nice_of_this_thread()
-    assert out == [min(19, start + 15), 19]
+    assert out == ["nice 19", 19]
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine

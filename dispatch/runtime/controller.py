@@ -117,7 +117,7 @@ class Controller:
         self._reader: asyncio.Task[None] | None = None
         self._failure: RunFailed | None = None
         self.pids: dict[str, int | None] = {}  # None: not visible from here (ask the role)
-        self.peak_in_use = 0
+        self.peak_in_use = self.peak_samples = 0
         self.txq: NetisrTable | None = None  # the driver's transmit queue (deferred tx)
         self.uq: NetisrTable | None = None  # handles on their way to each user thread
         self.extra_rings: list[Any] = []  # the rings of the NIC's other ports
@@ -444,7 +444,7 @@ class Controller:
         sources = users if cfg.workload == "tx" else (gens if cfg.source == "trafgen"
                                                       else ["nic0"])
         limit = (cfg.duration or 0) + self.timeout_s if cfg.duration else self.timeout_s * 4
-        self.peak_in_use = 0
+        self.peak_in_use = self.peak_samples = 0
         live = self._live_publisher(cfg)
         sampler = Sampler(lambda: self._sample(live), PEAK_SAMPLE_S).start()
         try:
@@ -506,6 +506,7 @@ class Controller:
         the live state for top, netstat --watch and progress about twice a second."""
         assert self.pool is not None
         self.peak_in_use = max(self.peak_in_use, self.pool.in_use())
+        self.peak_samples += 1
         live.sample(self)
 
     def rings_in_flight(self) -> int:

@@ -154,7 +154,8 @@ def build(cfg: RunConfig, *, controller: Controller, source_report: dict[str, An
         "roles": roles,
         "netisr": {"policy": cfg.policy, "qlimit": cfg.qlimit, "threads": cfg.netisr,
                    "workstreams": [w.as_dict() for w in netisr.stats()]},
-        "mbuf": {**pool.stats().as_dict(), "peak_mbufs_in_use": controller.peak_in_use},
+        "mbuf": {**pool.stats().as_dict(), "peak_mbufs_in_use": controller.peak_in_use,
+                 "peak_samples": controller.peak_samples},
         "copies": {k.split(".", 1)[1]: v for k, v in counters.items()
                    if k.startswith("copies.")},
         "counters": counters,

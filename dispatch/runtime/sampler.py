@@ -9,11 +9,18 @@ front of the roles: `perf sched` of an rr run showed a NIC's ZeroMQ I/O thread,
 woken onto the CPU where the controller was sampling, wait 3.7 ms for it
 with the other CPU idle -- a request's round trip grew by as much.
 
-So the sampling runs in a thread of its own at a lower priority (a higher
-nice value, for that thread only: Linux schedules threads separately), which a
-waking role thread preempts at once. The controller's event loop stays at the
-roles' priority for control messages. A sample taken late is still a sample;
-the figures it reads are the same.
+So the sampling runs in a thread of its own under SCHED_IDLE (for that thread
+only: Linux schedules threads separately): a waking role thread preempts it at
+once, and a CPU running only it counts as idle when the scheduler places a
+woken thread. (Nice 10 was tried first: the same trace then showed the NIC
+waiting 3.2 ms behind a 3.2 ms sample, the other CPU idle again.) The
+controller's event loop stays at the roles' priority for control messages.
+
+The price, on a host whose roles keep both CPUs busy: the sampler runs when
+a CPU has nothing else to do (SCHED_IDLE threads still get a sliver), so live
+samples and peak-of-mbufs samples come further apart, and the controller's
+own thread may wait for the interpreter lock a sample holds. The run's result
+says how many peak samples it took (`peak_samples`).
 """
 
 from __future__ import annotations
@@ -22,28 +29,29 @@ import os
 import threading
 from collections.abc import Callable
 
-#: how much nicer than the controller the sampling thread runs (nice 0 -> 10: a
-#: tenth of a nice-0 thread's weight, so the roles go first, yet it still runs on
-#: a saturated machine)
-SAMPLER_NICE = 10
 
-
-def lower_this_threads_priority(by: int = SAMPLER_NICE) -> int | None:
-    """Raise the calling thread's nice value by `by` (at most 19); the new value, or
-    None where threads cannot be reniced one by one (not Linux) or it was refused."""
+def lower_this_threads_priority() -> str | None:
+    """Put the calling thread under SCHED_IDLE (or, where that is refused or not
+    offered, at nice 19): the policy it got ("idle", "nice 19"), or None where
+    threads cannot be rescheduled one by one (not Linux)."""
     if not hasattr(threading, "get_native_id") or not hasattr(os, "setpriority"):
         return None
-    tid = threading.get_native_id()
+    tid = threading.get_native_id()  # (on Linux a tid names one thread to these calls)
+    if hasattr(os, "SCHED_IDLE"):
+        try:
+            os.sched_setscheduler(tid, os.SCHED_IDLE, os.sched_param(0))
+            return "idle"
+        except OSError:
+            pass
     try:
-        nice = min(19, os.getpriority(os.PRIO_PROCESS, tid) + by)
-        os.setpriority(os.PRIO_PROCESS, tid, nice)  # (on Linux, a tid names one thread)
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
     except OSError:
         return None
-    return nice
+    return "nice 19"
 
 
 class Sampler:
-    """Calls `sample()` every `interval_s` in a low-priority thread until stopped.
+    """Calls `sample()` every `interval_s` in a SCHED_IDLE thread until stopped.
 
     An exception from `sample` ends the thread and is raised again by `stop`,
     so a sampling failure fails the run as it would have in the event loop."""
@@ -54,7 +62,7 @@ class Sampler:
         self._interval_s = interval_s
         self._stop = threading.Event()
         self._error: BaseException | None = None
-        self.nice: int | None = None
+        self.policy: str | None = None  # what lower_this_threads_priority got
         self.samples = 0
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
 
@@ -63,7 +71,7 @@ class Sampler:
         return self
 
     def _loop(self) -> None:
-        self.nice = lower_this_threads_priority()
+        self.policy = lower_this_threads_priority()
         try:
             while True:
                 self._sample()
