@@ -17,24 +17,45 @@ from dispatch.mbuf import layout as L
 
 
 def _state(p: MbufPool) -> bytes:
-    """Everything a kernel may write: headers, cluster metadata, caches and their levels,
-    the global stacks and their tops, the lock words."""
-    return (p._mh.tobytes() + p._meta64.tobytes() + p._bc.tobytes() + p._bn.tobytes()
+    """Everything a kernel may write: headers, cluster metadata, the kernel state
+    (caches and their levels among it), the global stacks and their tops, the lock words."""
+    return (p._mh.tobytes() + p._meta64.tobytes() + p._st.tobytes()
             + p._stk.tobytes() + p._tops_np.tobytes() + p._lockw.tobytes())
 
 
-def _stk_args(p: MbufPool) -> tuple:
-    return (p._stk, p._sreg, p._tops_np, p._lockw, p._lock_tag)
-
-
 def _freem(p: MbufPool, hs: np.ndarray) -> int:
-    return K.freem_fast(p._mh, p._meta64, p._cl_zone_np, hs, p._bc, p._bn, p._cmax_np,
-                        p.cached_tag, p._meta_cached, *_stk_args(p), p._bucket_np)
+    return K.freem_fast(p._seg32, p._seg64k, p._st, hs)
 
 
 def _getcl(p: MbufPool, n: int, out: np.ndarray) -> int:
-    return K.getcl_take(p._mh, p._meta64, p._bc, p._bn, 1, n, p._t_rx, p._meta_inuse1, out,
-                        *_stk_args(p), p.cached_tag, p._bucket_np)
+    return K.getcl_take(p._seg32, p._seg64k, p._st, 1, n, out)
+
+
+def test_the_kernel_state_says_where_everything_is(pool):
+    """The views a kernel derives from (segment, state) are the pool's own regions."""
+    st = pool._st
+    nmh = st[K.ST_NMH]
+    assert nmh == pool.nmbufs + 1
+    mh = pool._seg32[st[K.ST_MH] : st[K.ST_MH] + nmh * 64].reshape(nmh, 64)
+    assert np.shares_memory(mh, pool._mh) and mh.shape == pool._mh.shape
+    assert mh.ctypes.data == pool._mh.ctypes.data
+    meta = pool._seg64k[st[K.ST_META] : st[K.ST_META] + st[K.ST_NMETA]]
+    assert meta.ctypes.data == pool._meta64.ctypes.data and len(meta) == len(pool._meta64)
+    stk = pool._seg32[st[K.ST_STK] : st[K.ST_STK] + st[K.ST_NSTK]]
+    assert stk.ctypes.data == pool._stk.ctypes.data and len(stk) == len(pool._stk)
+    for z in range(L.NZONES):
+        lo, hi = st[K.ST_SREG + 2 * z], st[K.ST_SREG + 2 * z + 1]
+        assert stk[lo:hi].ctypes.data == pool._stacks[z].ctypes.data
+        assert hi - lo == len(pool._stacks[z])
+    assert pool._seg32[st[K.ST_TOPS]:].ctypes.data == pool._tops_np.ctypes.data
+    assert pool._seg32[st[K.ST_LOCKS]:].ctypes.data == pool._lockw.ctypes.data
+    assert st[K.ST_NLOCKS] == len(pool._lockw)
+    assert list(st[K.ST_TRX : K.ST_TRX + L.PKTHDR_WORDS_END]) == list(pool._t_rx)
+    assert np.uint64(st[K.ST_META_INUSE1]) == pool._meta_inuse1
+    # every cluster id maps to its zone
+    zone_of = K._zone_of.py_func if hasattr(K._zone_of, "py_func") else K._zone_of
+    for e in range(1, len(pool.cl_zone)):
+        assert zone_of(st, e) == pool.cl_zone[e]
 
 
 def test_freem_fast_refuses_chains_shared_clusters_mixed_zones_and_double_frees(pool):
@@ -111,12 +132,12 @@ def test_getcl_take_refuses_short_caches_and_writes_rx_buffers(pool):
     pool._push_all(0)  # give the refills back: the stacks are as they were
     pool._push_all(1)
     pool._tops_np[0] = tops[0]
-    pool._bc[:] = np.frombuffer(before, np.intp, pool._bc.size, pool._mh.nbytes
-                                + pool._meta64.nbytes).reshape(pool._bc.shape)
+    pool._st[:] = np.frombuffer(before, np.int64, pool._st.size, pool._mh.nbytes
+                                + pool._meta64.nbytes)
     assert _state(pool) == before
     hs = pool.getcl_batch(8)  # refills the caches in the kernel, then takes from them
     assert len(hs) == 8
-    assert (pool._tops_np[:2] == tops[:2] - pool._bucket_np[:2]).all()
+    assert (pool._tops_np[:2] == tops[:2] - np.array(pool._bucket[:2])).all()
     for m in hs.tolist():
         assert pool.flags(m) == L.M_EXT | L.M_PKTHDR
         assert pool.hget(m, L.W_OWNER) == pool.inuse_tag

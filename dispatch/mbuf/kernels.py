@@ -8,7 +8,8 @@ the floor that kept cross-process allocate/free near 1.5 M/s. Here each is
 one call into machine code that walks the batch once.
 
 The kernels move handles between a process's batch caches (one row per zone
-of ``MbufPool._bc``, with their fill levels in ``_bn``), the mbuf headers
+of ``MbufPool._bc``, with their fill levels in ``_bn``: both live in the
+pool's kernel state, ST_* below), the mbuf headers
 and cluster metadata in the shared segment, and the segment's global free
 stacks: a cache that runs short or overflows is refilled or flushed a
 bucket at a time inside the same call, under the zone's spin lock
@@ -32,7 +33,6 @@ from dispatch.jit import (
     ro_intp_1d,
     ro_u32_1d,
     types,
-    u8_1d,
     u32_1d,
     u32_2d,
     u64_1d,
@@ -49,6 +49,65 @@ _ST_SHIFT = L.STATE_SHIFT
 _ST_INUSE = L.ST_INUSE
 _Q_TS = L.Q_TS
 _LOW32 = np.uint64(0xFFFFFFFF)
+
+# -- A pool's kernel state: one process-local int64 array (MbufPool._st) with what
+# -- the batch kernels need beside the segment itself: the batch caches and their
+# -- fill levels, the caches' sizes, where each region of the segment is, and the
+# -- process's tags. The kernels take it, and the segment as u32 and u64 views, as
+# -- three arguments: each array argument costs 40-80 ns to pass on this machine,
+# -- and with the sixteen they took one by one the call cost more than the batch.
+NZ = L.NZONES
+ST_BN = 0  # fill level of each zone's batch cache
+ST_BUCKET = ST_BN + NZ  # refill / flush unit of each zone
+ST_CMAX = ST_BUCKET + NZ  # most a zone's batch cache keeps before it flushes
+ST_SREG = ST_CMAX + NZ  # zone z's free stack is stk[st[ST_SREG + 2z] : st[ST_SREG + 2z + 1]]
+ST_ZFIRST = ST_SREG + 2 * NZ  # pool-wide id of each cluster zone's first cluster
+ST_MH = ST_ZFIRST + NZ  # u32 index of mbuf 0's header in the segment
+ST_NMH = ST_MH + 1  # headers (mbufs + 1: handle 0 is none)
+ST_META = ST_NMH + 1  # u64 index of cluster 0's metadata
+ST_NMETA = ST_META + 1
+ST_STK = ST_NMETA + 1  # u32 index of the first zone's free stack
+ST_NSTK = ST_STK + 1
+ST_TOPS = ST_NSTK + 1  # u32 index of the stacks' tops (one per zone)
+ST_LOCKS = ST_TOPS + 1  # u32 index of the lock words
+ST_NLOCKS = ST_LOCKS + 1
+ST_LOCK_TAG = ST_NLOCKS + 1  # what this process writes into a lock word it holds
+ST_CACHED_TAG = ST_LOCK_TAG + 1  # owner word of a buffer in this process's cache
+ST_META_CACHED = ST_CACHED_TAG + 1  # a cluster's metadata in our cache: refcount 0, ours
+ST_META_INUSE1 = ST_META_CACHED + 1  # ... in use: refcount 1, ours
+ST_BCW = ST_META_INUSE1 + 1  # width of a batch-cache row
+ST_TRX = ST_BCW + 1  # the header words of an rx buffer (pkthdr mbuf on a cluster)
+ST_BC = ST_TRX + L.PKTHDR_WORDS_END  # the batch caches: NZ rows of ST_BCW handles
+
+
+def state_size(bc_width: int) -> int:
+    """Length of a kernel state array whose batch-cache rows hold `bc_width` handles."""
+    return ST_BC + NZ * bc_width
+
+
+@helper
+def _views(seg32, seg64, st):  # type: ignore[no-untyped-def]
+    """The regions of the segment and of the state that the kernels work on, as
+    views: mbuf headers, cluster metadata, free stacks, stack tops, lock words,
+    batch caches."""
+    nmh = st[ST_NMH]
+    mh = seg32[st[ST_MH] : st[ST_MH] + nmh * 64].reshape((nmh, 64))
+    meta64 = seg64[st[ST_META] : st[ST_META] + st[ST_NMETA]]
+    stk = seg32[st[ST_STK] : st[ST_STK] + st[ST_NSTK]]
+    tops = seg32[st[ST_TOPS] : st[ST_TOPS] + NZ]
+    lockw = seg32[st[ST_LOCKS] : st[ST_LOCKS] + st[ST_NLOCKS]]
+    w = st[ST_BCW]
+    bc = st[ST_BC : ST_BC + NZ * w].reshape((NZ, w))
+    return mh, meta64, stk, tops, lockw, bc
+
+
+@helper
+def _zone_of(st, e):  # type: ignore[no-untyped-def]
+    """The zone of pool-wide cluster id e (> 0)."""
+    z = NZ - 1
+    while z > 1 and e < st[ST_ZFIRST + z]:
+        z -= 1
+    return z
 
 
 @helper
@@ -113,18 +172,23 @@ def _flush(mh, meta64, stk, sreg, tops, lockw, lock_tag, z, bc, bn, k):  # type:
     return True
 
 
-@kernel(types.int64(u32_2d, u64_1d, intp_2d, i64_1d, types.int64, types.int64, u32_1d,
-                    types.uint64, intp_1d, u32_1d, i64_1d, u32_1d, u32_1d, types.uint32,
-                    types.uint32, i64_1d))
-def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out,  # type: ignore[no-untyped-def]
-               stk, sreg, tops, lockw, lock_tag, cached_tag, bucket):
+@kernel(types.int64(u32_1d, u64_1d, i64_1d, types.int64, types.int64, intp_1d))
+def getcl_take(seg32, seg64, st, z, n, out):  # type: ignore[no-untyped-def]
     """m_getcl for a whole batch: take n mbufs and n zone-z clusters from the batch
     caches (refilling a short one from the global stack first, a bucket or more, under
     its zone lock), write each mbuf's header from the rx template (a packet-header mbuf
     on its cluster) and each cluster's metadata (refcount 1, our in-use tag); handles
     into `out`. Returns n; 0 (nothing taken) when the pool cannot supply n of each;
     -1 (nothing taken) when a zone lock stayed busy. Either way the caller's Python
-    path takes over (it waits for a lock, and counts a denial)."""
+    path takes over (it waits for a lock, and counts a denial). `seg32` and `seg64`
+    view the whole segment, `st` is the pool's kernel state (ST_*)."""
+    mh, meta64, stk, tops, lockw, bc = _views(seg32, seg64, st)
+    bn = st[ST_BN : ST_BN + NZ]
+    bucket = st[ST_BUCKET : ST_BUCKET + NZ]
+    sreg = st[ST_SREG : ST_SREG + 2 * NZ]
+    lock_tag = np.uint32(st[ST_LOCK_TAG])
+    cached_tag = np.uint32(st[ST_CACHED_TAG])
+    meta_inuse1 = np.uint64(st[ST_META_INUSE1])
     for i in range(2):  # (z is a cluster zone, never 0)
         zz = z if i else 0
         if bn[zz] < n:
@@ -136,12 +200,11 @@ def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out,  # type: ignore
     bz = bn[z]
     if b0 < n or bz < n:
         return 0
-    nw = t_rx.shape[0]
     for j in range(n):
         m = bc[0, b0 - n + j]
         c = bc[z, bz - n + j]
-        for k in range(nw):
-            mh[m, k] = t_rx[k]
+        for k in range(L.PKTHDR_WORDS_END):
+            mh[m, k] = np.uint32(st[ST_TRX + k])
         mh[m, _W_EXT] = c
         meta64[c] = meta_inuse1
         out[j] = m
@@ -150,8 +213,15 @@ def getcl_take(mh, meta64, bc, bn, z, n, t_rx, meta_inuse1, out,  # type: ignore
     return n
 
 
-def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: ignore[no-untyped-def]
-                meta_cached, stk, sreg, tops, lockw, lock_tag, bucket):
+def _freem_fast(seg32, seg64, st, hs):  # type: ignore[no-untyped-def]
+    mh, meta64, stk, tops, lockw, bc = _views(seg32, seg64, st)
+    bn = st[ST_BN : ST_BN + NZ]
+    bucket = st[ST_BUCKET : ST_BUCKET + NZ]
+    cmax = st[ST_CMAX : ST_CMAX + NZ]
+    sreg = st[ST_SREG : ST_SREG + 2 * NZ]
+    lock_tag = np.uint32(st[ST_LOCK_TAG])
+    cached_tag = np.uint32(st[ST_CACHED_TAG])
+    meta_cached = np.uint64(st[ST_META_CACHED])
     n = hs.shape[0]
     z = 0
     for j in range(n):
@@ -161,7 +231,7 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
         e = mh[m, _W_EXT]
         zz = 0
         if e != 0:
-            zz = cl_zone[e]
+            zz = _zone_of(st, e)
             if (meta64[e] & _LOW32) != 1:
                 return -1
         if j == 0:
@@ -198,9 +268,7 @@ def _freem_fast(mh, meta64, cl_zone, hs, bc, bn, cmax, cached_tag,  # type: igno
 
 # handles as intp or u32, writable or not (a batch decoded straight off a message is read-only)
 _HS = (ro_intp_1d, ro_u32_1d)  # handle batches: intp or u32 (as decoded off a message)
-freem_fast = kernel(*(types.int64(u32_2d, u64_1d, u8_1d, h, intp_2d, i64_1d, i64_1d, types.uint32,
-                                  types.uint64, u32_1d, i64_1d, u32_1d, u32_1d, types.uint32,
-                                  i64_1d) for h in _HS))(_freem_fast)
+freem_fast = kernel(*(types.int64(u32_1d, u64_1d, i64_1d, h) for h in _HS))(_freem_fast)
 freem_fast.__doc__ = """Free a batch of one-mbuf packets into the batch caches: every head in
 use and unchained, either all without clusters or all on unshared clusters
 (refcount 1) of one zone. Retags mbufs and clusters as cached by us and

@@ -279,25 +279,19 @@ class MbufPool:
         # a list index is the cheapest lookup there is on the per-packet path)
         self.cl_zone: list[int] = [0]
         self.cl_base: list[int] = [0]
-        zone_np = [0]
         for z in range(1, L.NZONES):
             size = self.cl_size[z]
             self.cl_zone.extend([z] * counts[z])
-            zone_np.extend([z] * counts[z])
             self.cl_base.extend(range(g.data_off[z], g.data_off[z] + counts[z] * size, size))
-        self._cl_zone_np = np.array(zone_np, dtype=np.uint8)
         # column views of the mbuf headers, for batch operations with intp indices
         self._own_col = self._mh[:, L.W_OWNER]
         self._ext_col = self._mh[:, L.W_EXT]
         self._owner_lock = OfdLock(fd, LOCK_OWNERS)
         self._lockw = np.frombuffer(mm, np.uint32, NLOCK_WORDS, LOCKS_OFF)
-        # every zone's free stack as one array (for the kernels that refill and flush
-        # inside a batch operation), zone z's at _stk[_sreg[2z] : _sreg[2z + 1]]
+        # every zone's free stack as one array (the kernels refill and flush inside a
+        # batch operation: zone z's region of it is in the kernel state, ST_SREG)
         stk_words = (g.stack_off[-1] + 4 * counts[-1] - g.stack_off[0]) // 4
         self._stk = np.frombuffer(mm, np.uint32, stk_words, g.stack_off[0])
-        self._sreg = np.array([w for n, off in zip(counts, g.stack_off)
-                               for w in ((off - g.stack_off[0]) // 4,
-                                         (off - g.stack_off[0]) // 4 + n)], dtype=np.int64)
         self._caches: list[list[int]] = [[] for _ in range(L.NZONES)]
         self._bucket = [max(1, min(bucket, n // 8 or 1)) for n in counts]
         self._cmax = [2 * b for b in self._bucket]
@@ -308,10 +302,11 @@ class MbufPool:
         # conversion to or from a Python list); filled from and flushed to the
         # global stacks a bucket at a time, like the list caches of get/free
         # (one row per zone, fill levels in _bn: the compiled batch kernels take both whole)
-        self._bc = np.empty((L.NZONES, max(self._cmax) + _BATCH_MAX), dtype=np.intp)
-        self._bn = np.zeros(L.NZONES, dtype=np.int64)
-        self._cmax_np = np.array(self._cmax, dtype=np.int64)
-        self._bucket_np = np.array(self._bucket, dtype=np.int64)
+        # (both live in the kernel state, _st: see below)
+        bcw = max(self._cmax) + _BATCH_MAX
+        self._st = st = np.zeros(_k.state_size(bcw), dtype=np.int64)
+        self._bc = st[_k.ST_BC :].reshape(L.NZONES, bcw)
+        self._bn = st[_k.ST_BN : _k.ST_BN + L.NZONES]
         self._denied = [0] * L.NZONES
         self.slot = self._claim_slot(owner)
         self.owner_name = owner
@@ -323,16 +318,6 @@ class MbufPool:
         self.inuse_tag = (L.ST_INUSE << L.STATE_SHIFT) | self.slot
         self.cached_tag = (L.ST_CACHED << L.STATE_SHIFT) | self.slot
         self._meta_inuse1 = np.uint64(1 | self.inuse_tag << 32)  # refcount 1, ours
-        self._meta_cached = np.uint64(self.cached_tag << 32)  # refcount 0, in our cache
-        # getcl_take's arguments around the per-call ones (built once: a tuple of 16
-        # costs a microsecond on this machine's interpreter)
-        self._getcl_pre = (self._mh, self._meta64, self._bc, self._bn)
-        self._getcl_post = (self._stk, self._sreg, self._tops_np, self._lockw, self._lock_tag,
-                            self.cached_tag, self._bucket_np)
-        self._freem_pre = (self._mh, self._meta64, self._cl_zone_np)
-        self._freem_post = (self._bc, self._bn, self._cmax_np, self.cached_tag, self._meta_cached,
-                            self._stk, self._sreg, self._tops_np, self._lockw, self._lock_tag,
-                            self._bucket_np)
         self._t_plain = memoryview(array("I", [0, 0, L.M_DAT_OFF, 0, L.MT_DATA, 0,
                                                self.inuse_tag, 0]))
         self._t_hdr = memoryview(array("I", [0, 0, L.M_PKTDAT_OFF, 0, L.MT_DATA, L.M_PKTHDR,
@@ -344,6 +329,27 @@ class MbufPool:
         t_rx[L.W_FLAGS] |= L.M_EXT
         t_rx[L.W_DATA] = 0
         self._t_rx = t_rx  # an rx-ring buffer: pkthdr mbuf on a cluster
+        # the batch kernels' state (kernels.ST_*): all they need beside the segment,
+        # which they take whole as u32 and u64 words (three arguments, not sixteen)
+        st[_k.ST_BUCKET : _k.ST_BUCKET + L.NZONES] = self._bucket
+        st[_k.ST_CMAX : _k.ST_CMAX + L.NZONES] = self._cmax
+        s0 = g.stack_off[0]
+        st[_k.ST_SREG : _k.ST_SREG + 2 * L.NZONES] = [
+            w for n, off in zip(counts, g.stack_off) for w in ((off - s0) // 4, (off - s0) // 4 + n)]
+        st[_k.ST_ZFIRST : _k.ST_ZFIRST + L.NZONES] = g.first
+        st[_k.ST_MH], st[_k.ST_NMH] = g.mbuf_off // 4, counts[0] + 1
+        st[_k.ST_META], st[_k.ST_NMETA] = g.meta_off // 8, ncl + 1
+        st[_k.ST_STK], st[_k.ST_NSTK] = s0 // 4, stk_words
+        st[_k.ST_TOPS] = TOPS_OFF // 4
+        st[_k.ST_LOCKS], st[_k.ST_NLOCKS] = LOCKS_OFF // 4, NLOCK_WORDS
+        st[_k.ST_LOCK_TAG] = self._lock_tag
+        st[_k.ST_CACHED_TAG] = self.cached_tag
+        st[_k.ST_META_CACHED] = self.cached_tag << 32  # refcount 0, in our cache
+        st[_k.ST_META_INUSE1] = 1 | self.inuse_tag << 32  # refcount 1, ours
+        st[_k.ST_BCW] = bcw
+        st[_k.ST_TRX : _k.ST_TRX + L.PKTHDR_WORDS_END] = t_rx
+        self._seg32 = np.frombuffer(mm, np.uint32)
+        self._seg64k = np.frombuffer(mm, np.uint64)
         self._cl_base_np: np.ndarray | None = None
         self._seg_np: np.ndarray | None = None
         self._seg64_np: np.ndarray | None = None
@@ -440,7 +446,7 @@ class MbufPool:
         self.cl_meta.release()
         del self._owners, self._mh, self._mq, self._stacks, self._ref_col, self._cown_col
         del self._meta64, self._lockw, self._zone_locks, self._ref_locks, self._stk
-        del self._getcl_pre, self._getcl_post, self._freem_pre, self._freem_post
+        del self._seg32, self._seg64k
         del self._own_col, self._ext_col
         self._seg_np = self._seg64_np = None
         del self._tops_np
@@ -660,13 +666,11 @@ class MbufPool:
             raise PoolError(f"cluster size {size} too large: zones are {L.CLUSTER_SIZES}")
         if 0 < n <= _BATCH_MAX:  # the compiled path, once the caches hold n of each
             out = np.empty(n, dtype=np.intp)
-            args = (*self._getcl_pre, z, n, self._t_rx, self._meta_inuse1, out,
-                    *self._getcl_post)
-            if _getcl_take(*args) > 0:
+            if _getcl_take(self._seg32, self._seg64k, self._st, z, n, out) > 0:
                 return out
             self._fill_batch(0, n)  # (the pool may be short, or a zone lock was busy)
             self._fill_batch(z, n)
-            if _getcl_take(*args) > 0:
+            if _getcl_take(self._seg32, self._seg64k, self._st, z, n, out) > 0:
                 return out
         m_arr = self._take_many(0, n)
         c_arr = self._take_many(z, n)
@@ -734,7 +738,7 @@ class MbufPool:
             return
         arr = _handles(handles)
         if n <= _BATCH_MAX:
-            r = _freem_fast[arr.dtype](*self._freem_pre, arr, *self._freem_post)
+            r = _freem_fast[arr.dtype](self._seg32, self._seg64k, self._st, arr)
             if r >= 0:
                 z = 0
                 while r:
