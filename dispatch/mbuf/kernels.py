@@ -89,7 +89,7 @@ def state_size(bc_width: int) -> int:
 def _views(seg32, seg64, st):  # type: ignore[no-untyped-def]
     """The regions of the segment and of the state that the kernels work on, as
     views: mbuf headers, cluster metadata, free stacks, stack tops, lock words,
-    batch caches."""
+    batch caches, their fill levels, bucket sizes, cache maxima, stack regions."""
     nmh = st[ST_NMH]
     mh = seg32[st[ST_MH] : st[ST_MH] + nmh * 64].reshape((nmh, 64))
     meta64 = seg64[st[ST_META] : st[ST_META] + st[ST_NMETA]]
@@ -98,7 +98,16 @@ def _views(seg32, seg64, st):  # type: ignore[no-untyped-def]
     lockw = seg32[st[ST_LOCKS] : st[ST_LOCKS] + st[ST_NLOCKS]]
     w = st[ST_BCW]
     bc = st[ST_BC : ST_BC + NZ * w].reshape((NZ, w))
-    return mh, meta64, stk, tops, lockw, bc
+    return (mh, meta64, stk, tops, lockw, bc, st[ST_BN : ST_BN + NZ],
+            st[ST_BUCKET : ST_BUCKET + NZ], st[ST_CMAX : ST_CMAX + NZ],
+            st[ST_SREG : ST_SREG + 2 * NZ])
+
+
+@helper
+def _tags(st):  # type: ignore[no-untyped-def]
+    """(lock tag, cached tag) of the process whose state this is, as the u32 words
+    it writes."""
+    return np.uint32(st[ST_LOCK_TAG]), np.uint32(st[ST_CACHED_TAG])
 
 
 @helper
@@ -182,12 +191,8 @@ def getcl_take(seg32, seg64, st, z, n, out):  # type: ignore[no-untyped-def]
     -1 (nothing taken) when a zone lock stayed busy. Either way the caller's Python
     path takes over (it waits for a lock, and counts a denial). `seg32` and `seg64`
     view the whole segment, `st` is the pool's kernel state (ST_*)."""
-    mh, meta64, stk, tops, lockw, bc = _views(seg32, seg64, st)
-    bn = st[ST_BN : ST_BN + NZ]
-    bucket = st[ST_BUCKET : ST_BUCKET + NZ]
-    sreg = st[ST_SREG : ST_SREG + 2 * NZ]
-    lock_tag = np.uint32(st[ST_LOCK_TAG])
-    cached_tag = np.uint32(st[ST_CACHED_TAG])
+    mh, meta64, stk, tops, lockw, bc, bn, bucket, _cmax, sreg = _views(seg32, seg64, st)
+    lock_tag, cached_tag = _tags(st)
     meta_inuse1 = np.uint64(st[ST_META_INUSE1])
     for i in range(2):  # (z is a cluster zone, never 0)
         zz = z if i else 0
@@ -214,13 +219,8 @@ def getcl_take(seg32, seg64, st, z, n, out):  # type: ignore[no-untyped-def]
 
 
 def _freem_fast(seg32, seg64, st, hs):  # type: ignore[no-untyped-def]
-    mh, meta64, stk, tops, lockw, bc = _views(seg32, seg64, st)
-    bn = st[ST_BN : ST_BN + NZ]
-    bucket = st[ST_BUCKET : ST_BUCKET + NZ]
-    cmax = st[ST_CMAX : ST_CMAX + NZ]
-    sreg = st[ST_SREG : ST_SREG + 2 * NZ]
-    lock_tag = np.uint32(st[ST_LOCK_TAG])
-    cached_tag = np.uint32(st[ST_CACHED_TAG])
+    mh, meta64, stk, tops, lockw, bc, bn, bucket, cmax, sreg = _views(seg32, seg64, st)
+    lock_tag, cached_tag = _tags(st)
     meta_cached = np.uint64(st[ST_META_CACHED])
     n = hs.shape[0]
     z = 0
