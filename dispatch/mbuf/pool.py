@@ -78,6 +78,10 @@ _M_EXT = L.M_EXT
 _MT_DATA = L.MT_DATA
 _PKTHDR_WORDS_END = L.PKTHDR_WORDS_END
 _HANDLE_DTYPES = (np.dtype(np.intp), np.dtype(np.uint32))  # what the batch kernels take
+if np.dtype(np.intp) != np.dtype(np.int64):  # (the kernel state keeps the batch caches'
+    # handles as int64 and hands them to kernels declared over intp arrays)
+    raise ImportError("dispatch.mbuf needs a 64-bit platform (numpy's intp is "
+                      f"{np.dtype(np.intp)}, not int64)")
 # The batch kernels' entry points, called without numba's type resolution (jit.entry:
 # half the call cost, no type checks): every argument is one of the pool's own arrays,
 # a scalar, or a handle batch that `_handles` made a 1-d C-contiguous intp or u32 array.
