@@ -35,7 +35,12 @@ def test_a_writable_or_missing_cache_folder_is_used_as_given(tmp_path, monkeypat
 
 def test_no_folder_given_and_a_read_only_package_uses_a_per_user_temp_folder(tmp_path,
                                                                              monkeypatch):
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    # (set, then deleted: so that the teardown also removes what the call under test
+    # sets; a bare delenv of an absent variable records nothing, and the temporary
+    # folder then leaked into every later test's role processes, which compiled all
+    # their kernels afresh into it: ~40 s of the suite)
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
     monkeypatch.setattr(jit, "_writable", lambda p: False)
     monkeypatch.setattr(jit.tempfile, "gettempdir", lambda: str(tmp_path))
     jit._choose_cache_dir()
