@@ -63,7 +63,10 @@ def test_udp_checksum_verdict_agrees_with_scapy(payload: bytes, v6: bool, flip: 
     flipped afterwards; the sink must call it bad exactly when scapy's recomputed
     checksum differs from the one carried."""
     l3 = IPv6(src="fd00::1", dst="fd00::2") if v6 else IP(src="10.0.0.1", dst="10.0.0.2")
-    f = bytearray(bytes(Ether() / l3 / UDP(sport=1000, dport=2000) / Raw(payload)))
+    # (both MACs given: a bare Ether() makes scapy resolve the destination's MAC,
+    # ~0.5 s an example here)
+    eth = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    f = bytearray(bytes(eth / l3 / UDP(sport=1000, dport=2000) / Raw(payload)))
     start = 14 + (40 if v6 else 20) + 8
     if 0 <= flip < len(payload):
         f[start + flip] ^= 0x01
