@@ -1,4 +1,5 @@
-"""Suite-wide guards: no test may leave a shared-memory segment or a child process.
+"""Suite-wide guards: no test may leave a shared-memory segment, a child process, or
+a change to the environment that the role processes of later tests inherit.
 
 Every test is checked, so a leak is pinned on the test that caused it.
 """
@@ -30,10 +31,24 @@ def _shm_entries() -> set[str]:
         return set()
 
 
+#: environment variables that steer the processes a test starts (numba's kernel cache,
+#: the runtime's timeouts, where live state goes): a test that changes one and leaves
+#: it changed alters every later test (a leaked NUMBA_CACHE_DIR once made every later
+#: test's roles compile their kernels afresh)
+_STEERING = ("NUMBA_", "DISPATCH_", "XDG_RUNTIME_DIR")
+
+
+def _steering_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k.startswith(_STEERING)}
+
+
 @pytest.fixture(autouse=True)
 def no_leftovers():
     before = _shm_entries()
+    env = _steering_env()
     yield
+    assert _steering_env() == env, "test left the environment changed: " + \
+        str(sorted(set(_steering_env().items()) ^ set(env.items())))
     me = psutil.Process()
     deadline = time.monotonic() + 5.0
     children = me.children(recursive=True)
