@@ -880,10 +880,6 @@ class Nic:
         c.obytes += sum(len(f) for f in out)
         return out
 
-    def tx_pending(self) -> int:
-        """Descriptors posted by drivers and not yet transmitted (all tx queues)."""
-        return sum(r.pending() for r in self.rings.tx)
-
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
         """Free every buffer the NIC holds (posted ones, and any still in its rings,

@@ -53,9 +53,8 @@ def test_the_kernel_state_says_where_everything_is(pool):
     assert list(st[K.ST_TRX : K.ST_TRX + L.PKTHDR_WORDS_END]) == list(pool._t_rx)
     assert np.uint64(st[K.ST_META_INUSE1]) == pool._meta_inuse1
     # every cluster id maps to its zone
-    zone_of = K._zone_of.py_func if hasattr(K._zone_of, "py_func") else K._zone_of
     for e in range(1, len(pool.cl_zone)):
-        assert zone_of(st, e) == pool.cl_zone[e]
+        assert K._zone_of.py_func(st, e) == pool.cl_zone[e]
 
 
 def test_freem_fast_refuses_chains_shared_clusters_mixed_zones_and_double_frees(pool):

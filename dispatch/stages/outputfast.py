@@ -16,10 +16,11 @@ It takes only the common batch: no routing table and no VLAN on interface 0
 writable mbuf (its own storage, or a cluster it alone holds) with room for
 the headers in front of its payload (what `sosend_copyin` makes for a
 datagram of up to a cluster), within the MTU, and the IP and UDP checksums
-offloaded (txcsum, and the interface's hwassist has them). Anything else returns None having changed nothing, and
-the Runner runs the stages one by one with the same results, which
-tests/test_stages_outputfast.py holds it to on random mixed batches: routed
-lists, drops, counters, socket counters, every header word and byte.
+offloaded (txcsum, and the interface's hwassist has them). Anything else
+returns None having changed nothing, and the Runner runs the stages one by
+one with the same results, which tests/test_stages_outputfast.py holds it to
+on random mixed batches: routed lists, drops, counters, socket counters,
+every header word and byte.
 """
 
 from __future__ import annotations
