@@ -145,7 +145,7 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--qlimit", type=int, default=256, help="netisr queue limit (max 10240)")
     p.add_argument("--batch", type=int, default=32, help="handles per message and per round")
     p.add_argument("--quota", type=int, default=64, help="polling: packets per poll round")
-    from dispatch.runtime.config import SCHEDS, TX_DISPATCH, WORKLOADS
+    from dispatch.runtime.config import IRQ_MODES, SCHEDS, TX_DISPATCH, WORKLOADS
 
     p.add_argument("--workload", default="rx", choices=WORKLOADS,
                    help="rx: generator -> sockets; tx: user threads send to the generator; "
@@ -167,7 +167,11 @@ def add_workload_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--irq-frames", type=int, default=32, metavar="N",
                    help="interrupt moderation: interrupt after N packets (ethtool rx-frames)")
     p.add_argument("--irq-usecs", type=int, default=50, metavar="US",
-                   help="or US microseconds after the first (ethtool rx-usecs; 0: at once)")
+                   help="or by time (ethtool rx-usecs; 0: at once), as --irq-mode says")
+    p.add_argument("--irq-mode", default="itr", choices=IRQ_MODES,
+                   help="itr: US is the least interval between interrupts (Intel's "
+                        "throttle: a packet on a quiet queue interrupts at once); delay: "
+                        "the interrupt goes US after the first packet not yet signalled")
     p.add_argument("--impair", metavar="NAME=RATE,...",
                    help="damage on the wire (loss, reorder, dup, badsum, truncate), e.g. "
                         "loss=0.01,reorder=0.02: the generator's frames (rx, forward) or "
@@ -223,7 +227,7 @@ def config_from_args(args: argparse.Namespace, model: str) -> RunConfig:
         rr=args.rr, msg_size=args.msg_size, txcsum=not args.no_txcsum, tso=args.tso,
         capture=args.capture, impair=args.impair, irq_frames=args.irq_frames,
         trafgens=args.trafgens,
-        irq_usecs=args.irq_usecs,
+        irq_usecs=args.irq_usecs, irq_mode=args.irq_mode,
         proto=args.proto, rate=args.rate, duration=duration, count=args.count, size=args.size,
         flows=args.flows, replay=args.replay, fixcsum=args.fixcsum,
         sockets_auto=args.sockets == "auto", digest=args.digest, rxcsum=not args.no_rxcsum,

@@ -35,7 +35,7 @@ from nicemu.rss import Rss
 
 SMALL = PoolConfig(nmbufs=1024, nclusters=512, njumbop=8, njumbo9=4, njumbo16=4, bucket=16)
 US = 1000
-NOMOD = ModerationConfig(rx_frames=10_000, rx_usecs=10_000)
+NOMOD = ModerationConfig(rx_frames=10_000, rx_usecs=10_000, mode="delay")  # never raises
 
 
 @pytest.fixture
@@ -290,7 +290,8 @@ def test_compiled_txcsum_equals_the_per_frame_path(kind, size, flags, garbage):
 
 
 def test_interrupt_by_count_masking_and_rearm(pool):
-    cfg = NicConfig(ring_size=64, moderation=ModerationConfig(rx_frames=4, rx_usecs=1000))
+    cfg = NicConfig(ring_size=64, moderation=ModerationConfig(rx_frames=4, rx_usecs=1000,
+                                                              mode="delay"))
     with Nic(pool, cfg) as nic:
         host = RxQueueHost(nic.rings.name, 0, pool)  # attach by name, as an ithread does
         try:
@@ -313,7 +314,8 @@ def test_interrupt_by_count_masking_and_rearm(pool):
 
 
 def test_interrupt_by_time(pool):
-    cfg = NicConfig(ring_size=64, moderation=ModerationConfig(rx_frames=64, rx_usecs=50))
+    cfg = NicConfig(ring_size=64, moderation=ModerationConfig(rx_frames=64, rx_usecs=50,
+                                                              mode="delay"))
     with Nic(pool, cfg) as nic:
         host = RxQueueHost(nic.rings, 0, pool)
         assert nic.receive([udp(0)], 1000) == []
@@ -322,6 +324,26 @@ def test_interrupt_by_time(pool):
         assert nic.poll_timers(1000 + 50 * US) == [0]
         assert nic.moderation.reasons["timer"] == 1
         pool.freem_batch(host.harvest())
+
+
+def test_interrupt_throttle_itr(pool):
+    """The default (itr): a frame on a quiet queue interrupts at once; frames within
+    the interval after that interrupt wait for it to run out."""
+    cfg = NicConfig(ring_size=64, moderation=ModerationConfig(rx_frames=64, rx_usecs=50))
+    with Nic(pool, cfg) as nic:
+        host = RxQueueHost(nic.rings, 0, pool)
+        try:
+            assert nic.receive([udp(0)], 1000) == [0]
+            pool.freem_batch(host.harvest())
+            host.rearm()
+            assert nic.poll_timers(2000) == [] and not host.masked
+            assert nic.receive([udp(1)], 20 * US) == []  # 19 us after the interrupt
+            assert nic.next_deadline() == 1000 + 50 * US
+            assert nic.poll_timers(1000 + 50 * US) == [0]
+            assert nic.counters.rxq_interrupts == [2]
+            pool.freem_batch(host.harvest())
+        finally:
+            host.close()
 
 
 def test_polling_mode_keeps_interrupts_off(pool):

@@ -180,7 +180,8 @@ def test_bad_configuration_fails_before_any_process_starts():
                     (dict(policy="rr"), "source, flow, cpu"),
                     (dict(qlimit=20000), "1 to 10240"),
                     (dict(size="huge"), "--size"),
-                    (dict(replay="x.pcap"), "--source trafgen")):
+                    (dict(replay="x.pcap"), "--source trafgen"),
+                    (dict(irq_mode="adaptive"), "itr, delay")):
         with pytest.raises(ConfigError, match=msg):
             RunConfig(**kw).validate()
 
@@ -234,6 +235,19 @@ def test_flow_control_keeps_max_rate_within_the_host_queues(model):
     ws = doc["netisr"]["workstreams"][0]
     assert ws["qdrops"] == 0 and ws["wmark"] <= 64
     assert doc["config"]["flow_control"] is True
+
+
+def test_irq_mode_reaches_the_nic():
+    """--irq-mode: a packet every 10 ms with a 3 ms rx-usecs waits the whole 3 ms for
+    its interrupt under delay, none under itr (its queue was quiet for longer)."""
+    kw = dict(count=30, rate=100.0, flows=1, batch=1, irq_usecs=3000)
+    p50 = {}
+    for mode in ("delay", "itr"):
+        doc = run_sync(small(irq_mode=mode, **kw))
+        assert doc["conservation"]["ok"] and doc["delivered"] == 30
+        assert doc["config"]["irq_mode"] == mode
+        p50[mode] = doc["latency_us"]["dma_to_ithread"]["p50"]
+    assert p50["delay"] >= 3000 > p50["itr"], p50
 
 
 def test_flow_control_is_only_for_the_internal_line_at_max_rate():

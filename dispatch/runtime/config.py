@@ -16,6 +16,7 @@ from typing import Any
 from dispatch.mbuf import PoolConfig
 from dispatch.runtime.netisr import POLICIES, QLIMIT_MAX
 from dispatch.runtime.placement import MODELS, ROLES
+from nicemu.moderation import MODES as IRQ_MODES
 
 SOURCES = ("internal", "trafgen")
 PROTOS = ("udp", "tcp")
@@ -80,6 +81,8 @@ class RunConfig:
     ring_size: int = 1024
     irq_frames: int = 32  # interrupt moderation: packets
     irq_usecs: int = 50  # interrupt moderation: microseconds
+    irq_mode: str = "itr"  # how irq_usecs applies (IRQ_MODES): itr, the least interval
+    # between interrupts; delay, after the first packet not yet signalled
     cpus: tuple[tuple[str, tuple[int, ...]], ...] = ()  # (role, CPUs): pin every instance
     bindthreads: bool = False  # net.isr.bindthreads: netisr worker i on CPU i % ncpu
     ithread_prio: bool = False  # ithreads at higher priority (SCHED_FIFO, else nice -10)
@@ -148,6 +151,8 @@ class RunConfig:
             if self.workload == "rr" or self.source != "trafgen":
                 raise ConfigError("--impair needs --source trafgen and a workload of rx, tx "
                                   "or forward")
+        if self.irq_mode not in IRQ_MODES:
+            raise bad("irq-mode", self.irq_mode, f"one of {', '.join(IRQ_MODES)}")
         if self.sched not in SCHEDS:
             raise bad("sched", self.sched, f"one of {', '.join(SCHEDS)}")
         if self.source not in SOURCES:

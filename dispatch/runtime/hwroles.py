@@ -403,7 +403,8 @@ class NicRole:
             rx_queues=cfg.rxq, tx_queues=int(plan["tx_queues"]), ring_size=cfg.ring_size,
             tx_ring_size=cfg.ring_size, rxcsum=cfg.rxcsum, txcsum=cfg.txcsum, tso=cfg.tso,
             lro=cfg.lro, toe=self.toe,
-            moderation=ModerationConfig(rx_frames=cfg.irq_frames, rx_usecs=cfg.irq_usecs),
+            moderation=ModerationConfig(rx_frames=cfg.irq_frames, rx_usecs=cfg.irq_usecs,
+                                        mode=cfg.irq_mode),
             rearm_check_us=DOORBELL_FALLBACK_US),
             rings_name=plan["rings"])
         # the ithreads ring this after re-arming (a driver's doorbell write); the NIC
