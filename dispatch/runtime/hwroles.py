@@ -39,6 +39,8 @@ _NOBLOCK = int(zmq.NOBLOCK)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 CONTROL_POLL_NS = 1_000_000  # an idle NIC looks at its control channel this often
+GEN_CONTROL_POLL_NS = 10_000_000  # the generator, while it sends, this often
+WIRE_CONTROL_POLL_NS = 5_000_000  # a NIC fed by a wire, this often
 
 
 def _run_config(plan: dict[str, Any]) -> RunConfig:
@@ -140,11 +142,12 @@ class TrafgenRole:
 
         def stop() -> bool:
             # asked per batch (rr: per transaction); control is looked at once per
-            # CONTROL_POLL_NS, as the NIC does: a look is a ZeroMQ poll
+            # GEN_CONTROL_POLL_NS: a look is a ZeroMQ poll (~20 us of CPU here, and
+            # an rr transaction took ~1 ms: once a millisecond was once a transaction)
             nonlocal stopped, looked
             if not stopped:
                 now = time.monotonic_ns()
-                if now - looked >= CONTROL_POLL_NS:
+                if now - looked >= GEN_CONTROL_POLL_NS:
                     looked = now
                     stopped = agent.poll_control()
             return stopped
@@ -544,8 +547,8 @@ class NicRole:
         it too (HostQueues): no queue overflows either.
 
         Fed by a wire (the generator), the loop is driven by one poll over the
-        wire, the doorbells and control per turn (`_wait_wire`), and acts on what
-        it saw readable.
+        wire and the doorbells per turn (`_wait_wire`), and acts on what it saw
+        readable; it looks at control every WIRE_CONTROL_POLL_NS.
         """
         import zmq
 
@@ -560,10 +563,15 @@ class NicRole:
         rate = cfg.rate
         paced = rate != float("inf")
         poller = zmq.Poller()
-        poller.register(agent.ctl, zmq.POLLIN)
         poller.register(self.doorbell, zmq.POLLIN)
         if self.wire is not None:
+            # fed by a wire, the poll is over the wire and the doorbells only, and
+            # control is looked at every WIRE_CONTROL_POLL_NS (the poll's waits end
+            # within 5 ms): each socket in a ZeroMQ poll is asked for its events
+            # (a system call or two) before and after the poll sleeps
             poller.register(self.wire.socket, zmq.POLLIN)
+        else:
+            poller.register(agent.ctl, zmq.POLLIN)
         producing = self.src is not None
         wire_sock = self.wire.socket if self.wire is not None else None
         ready: dict[Any, int] = {}  # what the wire mode's last poll saw readable
@@ -616,15 +624,23 @@ class NicRole:
                     self._source_done()
             elif wire_sock in ready:
                 did = self._from_wire(now)
+            rang = self.doorbell in ready
+            if rang:
+                # a driver's doorbell: what it posted goes to the wire first, and the
+                # doorbells are drained after (drain and timers: ~35 us of an rr
+                # response's round trip here); a post whose doorbell the drain took
+                # is sent by the transmit that follows the timers
+                self._transmit(now)
+                self._drain_doorbells(seen=True)
             # the timers as of now, not of the turn's start: a moderation timer that
             # fell due while frames were taken fires in this turn (it waited for the
             # next, a poll and a loop later: ~40 us of an rr request's round trip here)
-            self._interrupt(nic.poll_timers(time.monotonic_ns() if did else now))
+            self._interrupt(nic.poll_timers(time.monotonic_ns() if did or rang else now))
             self._transmit(now)
             turns += 1
             if self.wire is not None:
                 ready = self._wait_wire(poller, did)
-                if agent.ctl not in ready:
+                if time.monotonic_ns() - last_ctl < WIRE_CONTROL_POLL_NS:
                     continue
             elif did and turns % 64:
                 continue
@@ -696,27 +712,30 @@ class NicRole:
         loop's poll saw the first message, so it is taken without asking again.
         True if any frame came."""
         assert self.wire is not None
+        sock = self.wire.socket
         taken = 0
-        timeout: int | None = None
-        while taken < WIRE_BUDGET:
-            got = self.wire.recv_batch(timeout_ms=timeout)
-            timeout = 0
-            if got is None:
+        while True:
+            got = self.wire.recv_batch()
+            if got is None:  # end of stream
                 break
             frames, stamps = got
             self._interrupt(self.nic.receive(frames, now, stamps))
             taken += len(frames)
+            # more only if one is queued: asking the socket's EVENTS costs less than a
+            # receive that polls first (~3 against ~10 us after a wakeup)
+            if taken >= WIRE_BUDGET or not sock.get(_EVENTS) & _POLLIN:
+                break
         return taken > 0
 
     def _wait_wire(self, poller: Any, did: bool) -> dict[Any, int]:
-        """Wire mode: wait for the next thing to do, as one poll over the wire, the
-        doorbells and control (what it saw readable is returned, and the loop acts
+        """Wire mode: wait for the next thing to do, as one poll over the wire and the
+        doorbells (what it saw readable is returned, and the loop acts
         on exactly that: a turn asks no socket again). After a turn that took
         frames the poll does not wait; else it waits until the NIC's next timer
         (moderation, the re-arm fallback) or 5 ms, a timer under a millisecond
         being slept first (ZeroMQ's poll counts whole milliseconds). The rx rings'
-        free slots are reposted before a wait of a millisecond or more; doorbells
-        the poll saw are drained."""
+        free slots are reposted before a wait of a millisecond or more. (The turn
+        drains the doorbells the poll saw, after transmitting what they rang for.)"""
         timeout = 0
         if not did:
             dl = self.nic.next_deadline()
@@ -726,10 +745,7 @@ class NicRole:
                 timeout = min(wait_ns // 1_000_000, 5)
             elif wait_ns > 0:
                 time.sleep(wait_ns / 1e9)
-        ready = dict(poller.poll(timeout))
-        if self.doorbell in ready:
-            self._drain_doorbells(seen=True)
-        return ready
+        return dict(poller.poll(timeout))
 
     @staticmethod
     def _burst(cfg: RunConfig) -> int:
