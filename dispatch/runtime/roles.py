@@ -47,6 +47,11 @@ TX_DROPS = declare_reasons(
 #: which puts it on the wire beside the frame (the generator measures from it)
 TS_SENT = L.TS_USER
 TIMER_NS = 10_000_000  # 10 ms: how often TCP and IP timers run in a role
+#: a netisr or user thread's receive timeout: its wait for the queue ends this often
+#: (timers, control), and a counted receive gives up on a message after it
+QUEUE_WAIT_MS = 20
+IRQ_WAIT_MS = 20  # an ithread's wait for its interrupt ends this often (timers, watchdog)
+CONTROL_CHECK_NS = 5_000_000  # a busy ithread, netisr or user thread looks at control this often
 DRAIN_WAIT_S = 10.0  # a drain waits this long at most for counted handoffs to arrive
 #: handoff messages held, at most, within one round of work (holding_handoffs)
 HOLD_MAX = 4
@@ -132,13 +137,9 @@ _SNDMORE = int(zmq.SNDMORE)
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 
-#: how long a counted receive waits for a message it knows is on its way (its sender
-#: counted it, then sent it) before giving up on it as lost with a dead sender
-COUNTED_WAIT_MS = 2000
-
 
 def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
-                    staged: bool = False) -> Any:
+                    staged: bool = False, first: bytes | None = None) -> Any:
     """Receive up to `most` packets' worth of handle messages from a queue whose exact
     count of packets sent and not yet taken is `pending` (the netisr table's
     counters: a sender counts a batch, then sends it).
@@ -147,17 +148,23 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
     the socket whether more is there, which costs a ZeroMQ poll, a system call
     (~4 us on this machine), per message and once more at the end. (A message
     still crossing ZeroMQ's I/O threads is waited for; one that never comes, its
-    sender dead, ends the wait after COUNTED_WAIT_MS.) With `pending` 0 (an
+    sender dead, ends the wait after the socket's receive timeout, QUEUE_WAIT_MS; a
+    late one is taken by a later receive.) With `pending` 0 (an
     uncounted message woke the caller), whatever is there is taken instead.
     Returns the handles as one u32 array, or with `staged` (two-part messages:
-    stage, handles) a list of (stage, u32 array)."""
+    stage, handles) a list of (stage, u32 array). `first`: the first message's (first
+    part), already received by the caller's wait."""
     raws: list[bytes] = []
     out: list[tuple[str, np.ndarray]] = []
     got = 0
     want = min(pending, most)
     try:
-        while got < want or (got == 0 and sock.get(_EVENTS) & _POLLIN):
-            raw = sock.recv(0 if got < want else _NOBLOCK)
+        while first is not None or got < want or \
+                (got == 0 and sock.get(_EVENTS) & _POLLIN):
+            if first is not None:
+                raw, first = first, None
+            else:
+                raw = sock.recv(0 if got < want else _NOBLOCK)
             if staged:  # [stage, handles]: the second part comes with the first
                 stage = raw.decode()
                 raw = sock.recv(0)
@@ -165,7 +172,7 @@ def receive_counted(sock: zmq.Socket, pending: int, most: int, *,
             else:
                 raws.append(raw)
             got += len(raw) >> 2  # (u32 handles)
-    except zmq.Again:  # (the receive timeout: see COUNTED_WAIT_MS)
+    except zmq.Again:  # (the receive timeout: see QUEUE_WAIT_MS)
         pass
     return out if staged else _unpack_array(raws)
 
@@ -378,33 +385,44 @@ class HostRole:
         if out:
             self.dispatch_out(out, now)
 
-    def serve_queue(self, agent: Agent, sock: zmq.Socket, work: Callable[[], bool], *,
+    def serve_queue(self, agent: Agent, sock: zmq.Socket,
+                    work: Callable[[bytes | None], bool], *,
                     timers: bool, pending: Callable[[], int] | None = None) -> None:
-        """The loop of a role fed by one queue: block on it (and on control), run
-        `work` (which takes what is queued, up to a batch) when it is readable; on
-        drain, run `work` until the queue is empty (by its exact count `pending`:
-        a message may still be crossing ZeroMQ's I/O threads when the socket looks
-        empty), then flush what is held."""
-        poller = zmq.Poller()
-        poller.register(sock, zmq.POLLIN)
-        poller.register(agent.ctl, zmq.POLLIN)
+        """The loop of a role fed by one queue: wait for its next message, run `work`
+        (which takes what is queued, up to a batch, beginning with the message the
+        wait took) when one came; on drain, run `work` until the queue is empty (by
+        its exact count `pending`: a message may still be crossing ZeroMQ's I/O
+        threads when the socket looks empty), then flush what is held.
+
+        The wait is a blocking receive on the queue alone, ended by the socket's
+        receive timeout (QUEUE_WAIT_MS, also the counted receive's) for the timers,
+        as the ithread's is (see IthreadRole.run): control is looked at when it
+        ends empty or CONTROL_CHECK_NS after the last look."""
+        next_ctl = 0
         while True:
-            ev = dict(poller.poll(100))
-            if agent.ctl in ev and agent.poll_control():
-                if agent.draining:
-                    deadline = time.monotonic() + DRAIN_WAIT_S
-                    while True:
-                        while work():
-                            pass
-                        if pending is None or pending() <= 0 or \
-                                time.monotonic() > deadline:
-                            break
-                        sock.poll(10)
-                    self.end_of_run()
-                    self.reclaim_tx()
-                return
-            if sock in ev:
-                work()
+            try:
+                first: bytes | None = sock.recv()
+            except zmq.Again:
+                first = None
+            now = time.monotonic_ns()
+            if first is None or now >= next_ctl:
+                next_ctl = now + CONTROL_CHECK_NS
+                if agent.poll_control():
+                    if agent.draining:
+                        deadline = time.monotonic() + DRAIN_WAIT_S
+                        while True:
+                            while work(first):
+                                first = None
+                            first = None
+                            if pending is None or pending() <= 0 or \
+                                    time.monotonic() > deadline:
+                                break
+                            sock.poll(10)
+                        self.end_of_run()
+                        self.reclaim_tx()
+                    return
+            if first is not None:
+                work(first)
             if timers:
                 self.timers(time.monotonic_ns())
             self.reclaim_tx()
@@ -489,24 +507,35 @@ class IthreadRole(HostRole):
                 pass  # doorbells already pending: the NIC will look anyway
 
     def run(self, agent: Agent) -> None:
+        """Wait for the interrupt as a blocking receive on its socket alone (at most
+        IRQ_WAIT_MS, for the timers and the lost-interrupt watchdog), and look at
+        control when that wait ends empty or CONTROL_CHECK_NS after the last look.
+        A ZeroMQ poll over both sockets cost ~20 us more CPU per wakeup here
+        (ZMQ_EVENTS is a system call or two per socket, asked twice per blocking
+        poll), and each interrupt is such a wakeup."""
         wait_connected(self.workers + self.users + [self.doorbell])
-        poller = zmq.Poller()
-        poller.register(self.irq_sock, zmq.POLLIN)
-        poller.register(agent.ctl, zmq.POLLIN)
+        irq = self.irq_sock
+        irq.setsockopt(zmq.RCVTIMEO, IRQ_WAIT_MS)
+        next_ctl = 0
         while True:
-            ev = dict(poller.poll(20))
-            if agent.ctl in ev and agent.poll_control():
-                if agent.draining:
-                    self.service()
-                    self.end_of_run()
-                    self.reclaim_tx()
-                return
-            if self.irq_sock in ev:
+            try:
                 # one interrupt message (the NIC raises no other until re-armed; a
-                # stray second one wakes the next poll at once): asking the socket
-                # whether there is more would cost a system call (~4 us here)
-                self.irq_sock.recv(_NOBLOCK)
+                # stray second one ends the next wait at once)
+                irq.recv()
+                got = True
                 self.counts["interrupts"] += 1
+            except zmq.Again:
+                got = False
+            now = time.monotonic_ns()
+            if not got or now >= next_ctl:
+                next_ctl = now + CONTROL_CHECK_NS
+                if agent.poll_control():
+                    if agent.draining:
+                        self.service()
+                        self.end_of_run()
+                        self.reclaim_tx()
+                    return
+            if got:
                 self.service()
             elif len(self.rx) and not self.polling:
                 # a lost interrupt: packets wait and nothing told us (drivers have
@@ -614,7 +643,7 @@ class NetisrRole(HostRole):
         self.isr = NetisrTable.attach(plan["netisr"])
         self.sock = self.zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVTIMEO, COUNTED_WAIT_MS)  # (receive_counted)
+        self.sock.setsockopt(zmq.RCVTIMEO, QUEUE_WAIT_MS)  # (serve_queue, receive_counted)
         bind(self.sock, plan["netisr_endpoints"][self.ws])
         self.slow_ns = int(float(plan["config"].get("netisr_delay_us", 0) or 0) * 1000)
 
@@ -623,8 +652,9 @@ class NetisrRole(HostRole):
         self.serve_queue(agent, self.sock, self.drain_once, timers=True,
                          pending=lambda: self.isr.qlen(self.ws))
 
-    def drain_once(self) -> bool:
-        """Take what is queued, up to four batches, and run it. False if nothing was.
+    def drain_once(self, first: bytes | None = None) -> bool:
+        """Take what is queued, up to four batches (`first`: the first message's stage
+        part, already received), and run it. False if nothing was.
 
         Draining up to four batches per wakeup (as a netisr thread drains its
         queue per run) spreads the loop's fixed cost (poll, timers, tx reclaim)
@@ -632,7 +662,7 @@ class NetisrRole(HostRole):
         parts: dict[str, list[np.ndarray]] = {}
         n = 0
         for stage, hs in receive_counted(self.sock, self.isr.qlen(self.ws), 4 * self.batch,
-                                         staged=True):
+                                         staged=True, first=first):
             parts.setdefault(stage, []).append(hs)
             n += len(hs)
         if not n:
@@ -666,7 +696,7 @@ class UserRole(HostRole):
         super().__init__(agent, plan)
         self.sock = self.zctx.socket(zmq.PULL)
         self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.RCVTIMEO, COUNTED_WAIT_MS)  # (receive_counted)
+        self.sock.setsockopt(zmq.RCVTIMEO, QUEUE_WAIT_MS)  # (serve_queue, receive_counted)
         bind(self.sock, plan["user_endpoints"][plan["index"]])
         self.latency = LatencyBins()  # every delivered packet's stage latencies
         from dispatch.runtime.app import App
@@ -690,12 +720,13 @@ class UserRole(HostRole):
         self.serve_queue(agent, self.sock, self.receive_once, timers=timers,
                          pending=lambda: self.uq.qlen(me))
 
-    def receive_once(self) -> bool:
+    def receive_once(self, first: bytes | None = None) -> bool:
         """Receive what is queued, up to four batches (a read drains the socket
         buffer up to the user's buffer), then copy it out with one soreceive:
         the loop's fixed cost per wakeup spread over more packets (+33 % direct
         pps at batch 32 on 2 cores). False if nothing was queued."""
-        hs = receive_counted(self.sock, self.uq.qlen(self.uq_me), 4 * self.batch)
+        hs = receive_counted(self.sock, self.uq.qlen(self.uq_me), 4 * self.batch,
+                             first=first)
         if not len(hs):
             return False
         self.uq.count_dequeue(self.uq_me, len(hs))
