@@ -106,6 +106,34 @@ def test_in_process_round_trip_and_confirm(tmp_path: Path) -> None:
     assert rx.stats().frames == 1000 and rx.stats().eos == 1
 
 
+def test_recv_waits_timed_untimed_and_not_at_all(tmp_path: Path) -> None:
+    """A timed receive blocks with the socket's timeout (set when it changes): it
+    returns None after about that long, a batch sent during the wait as it comes,
+    and an untimed receive after a timed one blocks again (the timeout reset)."""
+    ep = f"ipc://{tmp_path}/wire"
+    with WireRx(ep) as rx, WireTx(ep) as tx:
+        assert rx.recv_batch(0) is None  # nothing queued: no wait
+        t = time.monotonic()
+        assert rx.recv_batch(60) is None
+        assert 0.05 <= time.monotonic() - t < 2.0
+        timer = threading.Timer(0.05, lambda: tx.send_batch(_frames(2)))
+        timer.start()
+        got = rx.recv_batch(5000)
+        timer.join()
+        assert got is not None and [bytes(f) for f in got[0]] == _frames(2)
+        timer = threading.Timer(0.15, lambda: tx.send_batch(_frames(1, 7)))
+        timer.start()
+        got = rx.recv_batch()  # untimed: waits past the 60 ms set before
+        timer.join()
+        assert got is not None and [bytes(f) for f in got[0]] == _frames(1, 7)
+        tx.send_batch(_frames(3))
+        deadline = time.monotonic() + 5
+        while (got := rx.recv_batch(0)) is None and time.monotonic() < deadline:
+            time.sleep(0.001)  # (crossing ZeroMQ's I/O threads)
+        assert got is not None and len(got[0]) == 3
+        tx.close(confirm=False)
+
+
 def test_recv_timeout_and_packed(tmp_path: Path) -> None:
     ep = f"ipc://{tmp_path}/wire"
     with WireRx(ep) as rx:
