@@ -11,7 +11,10 @@
   Goal: rr RTT p50 under direct dispatch within 1.5x of it.
 
 Runs are interleaved (A B A B ...) so drift on a shared machine cancels;
-medians of N runs with min and max.
+medians of N runs with min and max. The rr rows also print CPU per
+transaction (all threads of every role, or of the relays and the driver):
+this VM's slow phases double it for the roles and barely move it for the
+relays, so it tells which phase a row's runs fell into.
 
     python bench/bench_workloads.py [--runs 3] [--seconds 2] [--only tx,rr,forward]
 """
@@ -48,8 +51,22 @@ def relay(rx: str, tx: str) -> None:
         push.send(pull.recv())
 
 
-def bare_rtt(seconds: float) -> list[float]:
-    """RTTs (us) of one message at a time through len(HOPS) relay processes and back."""
+def _cpu_s(pid: int) -> float:
+    """CPU seconds of every thread of a process (ZeroMQ's I/O threads included)."""
+    t = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:  # ns on the CPU first
+                t += int(f.read().split()[0])
+        except FileNotFoundError:  # (a thread that ended meanwhile)
+            pass
+    return t / 1e9
+
+
+def bare_rtt(seconds: float, cpu: list[float] | None = None) -> list[float]:
+    """RTTs (us) of one message at a time through len(HOPS) relay processes and back;
+    with `cpu`, the CPU seconds the relays and this process spent meanwhile is
+    appended to it."""
     with tempfile.TemporaryDirectory() as tmp:
         eps = [f"ipc://{tmp}/h{i}" for i in range(len(HOPS) + 1)]
         procs = [subprocess.Popen([sys.executable, __file__, "--relay", eps[i], eps[i + 1]])
@@ -65,12 +82,16 @@ def bare_rtt(seconds: float) -> list[float]:
                 push.send(msg)
                 pull.recv()
             rtts = []
+            pids = [os.getpid()] + [p.pid for p in procs]
+            cpu0 = sum(_cpu_s(p) for p in pids)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 t = time.monotonic_ns()
                 push.send(msg)
                 pull.recv()
                 rtts.append((time.monotonic_ns() - t) / 1e3)
+            if cpu is not None:
+                cpu.append(sum(_cpu_s(p) for p in pids) - cpu0)
             push.close(0)
             pull.close(0)
             ctx.term()
@@ -135,12 +156,18 @@ def main() -> None:
         for k, v in res.items():
             print(f"{k:<18s} {med([x / 1e6 for x in v])}")
     if "rr" in only:
-        def rr(model: str, batch: int) -> Callable[[], tuple[float, float, float]]:
-            def go() -> tuple[float, float, float]:
+        # CPU per transaction (every role's threads, or the relays' and the driver's):
+        # the VM's slow phases double it for the roles and barely touch the relays,
+        # so it says which phase a row's runs fell into
+        def rr(model: str, batch: int) -> Callable[[], tuple[float, float, float, float]]:
+            def go() -> tuple[float, float, float, float]:
                 doc = run(model=model, workload="rr", rr="64:64", duration=d, flows=1,
                           batch=batch, rate=float("inf"))
                 f = doc["egress"]["figures"]
-                return f["tps"], f["rtt_us"]["p50"], f["rtt_us"]["p99"]
+                cpu = sum(r.get("cpu_user_s", 0.0) + r.get("cpu_sys_s", 0.0)
+                          for r in doc["roles"].values())
+                return (f["tps"], f["rtt_us"]["p50"], f["rtt_us"]["p99"],
+                        cpu * 1e6 / max(1, f["transactions"]))
             return go
 
         cases: dict[str, Callable[[], Any]] = {}
@@ -148,16 +175,18 @@ def main() -> None:
             for m in ("direct", "deferred"):
                 cases[f"{m} batch {b}"] = rr(m, b)
 
-        def bare() -> tuple[float, float, float]:
-            r = sorted(bare_rtt(d))
-            return len(r) / d, r[len(r) // 2], r[int(len(r) * 0.99)]
+        def bare() -> tuple[float, float, float, float]:
+            cpu: list[float] = []
+            r = sorted(bare_rtt(d, cpu))
+            return len(r) / d, r[len(r) // 2], r[int(len(r) * 0.99)], cpu[0] * 1e6 / len(r)
 
         cases["bare zmq, 4 processes"] = bare
         res = interleave(cases, a.runs)
-        print("\n## rr (UDP 64:64, 1 flow): transactions/s, RTT p50, RTT p99 (us)")
+        print("\n## rr (UDP 64:64, 1 flow): transactions/s, RTT p50, RTT p99, CPU per "
+              "transaction (us)")
         for k, v in res.items():
             print(f"{k:<24s} tps {med([x[0] for x in v])}   p50 {med([x[1] for x in v])}"
-                  f"   p99 {med([x[2] for x in v])}")
+                  f"   p99 {med([x[2] for x in v])}   cpu {med([x[3] for x in v])}")
         bare_p50 = statistics.median(x[1] for x in res["bare zmq, 4 processes"])
         for b in (1, 32):
             p50 = statistics.median(x[1] for x in res[f"direct batch {b}"])
