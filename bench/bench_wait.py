@@ -36,16 +36,9 @@ from typing import Any
 
 import zmq
 
+from dispatch.runtime.procstat import thread_cpu_s
+
 STYLES = ("poll2", "poll1", "recv")
-
-
-def _cpu_all_threads() -> float:
-    """CPU seconds of every thread of this process (ZeroMQ's I/O thread included)."""
-    t = 0
-    for task in os.listdir("/proc/self/task"):
-        with open(f"/proc/self/task/{task}/schedstat") as f:  # ns on the CPU first
-            t += int(f.read().split()[0])
-    return t / 1e9
 
 
 def echo(style: str, rx: str, tx: str, ctl_ep: str, q: Any) -> None:
@@ -65,7 +58,7 @@ def echo(style: str, rx: str, tx: str, ctl_ep: str, q: Any) -> None:
     n = 0
     waited = 0
     cpu0 = time.thread_time_ns()
-    all0 = _cpu_all_threads()
+    all0 = thread_cpu_s(os.getpid())
     while True:
         t = time.thread_time_ns()
         if style == "recv":
@@ -82,7 +75,7 @@ def echo(style: str, rx: str, tx: str, ctl_ep: str, q: Any) -> None:
             break
         push.send(m)
         n += 1
-    q.put((n, (_cpu_all_threads() - all0) / n * 1e6,
+    q.put((n, (thread_cpu_s(os.getpid()) - all0) / n * 1e6,
            (time.thread_time_ns() - cpu0) / n / 1e3, waited / n / 1e3))
     for s in (pull, push, ctl):
         s.close(0)

@@ -36,6 +36,7 @@ import zmq
 
 from dispatch.runtime.config import RunConfig
 from dispatch.runtime.controller import run_sync
+from dispatch.runtime.procstat import thread_cpu_s
 
 HOPS = ("nic", "ithread", "user", "nic-tx")  # the processes an rr round trip crosses
 
@@ -49,18 +50,6 @@ def relay(rx: str, tx: str) -> None:
     push.connect(tx)
     while True:
         push.send(pull.recv())
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds of every thread of a process (ZeroMQ's I/O threads included)."""
-    t = 0
-    for task in os.listdir(f"/proc/{pid}/task"):
-        try:
-            with open(f"/proc/{pid}/task/{task}/schedstat") as f:  # ns on the CPU first
-                t += int(f.read().split()[0])
-        except FileNotFoundError:  # (a thread that ended meanwhile)
-            pass
-    return t / 1e9
 
 
 def bare_rtt(seconds: float, cpu: list[float] | None = None) -> list[float]:
@@ -83,7 +72,7 @@ def bare_rtt(seconds: float, cpu: list[float] | None = None) -> list[float]:
                 pull.recv()
             rtts = []
             pids = [os.getpid()] + [p.pid for p in procs]
-            cpu0 = sum(_cpu_s(p) for p in pids)
+            cpu0 = sum(thread_cpu_s(p) for p in pids)
             end = time.monotonic() + seconds
             while time.monotonic() < end:
                 t = time.monotonic_ns()
@@ -91,7 +80,7 @@ def bare_rtt(seconds: float, cpu: list[float] | None = None) -> list[float]:
                 pull.recv()
                 rtts.append((time.monotonic_ns() - t) / 1e3)
             if cpu is not None:
-                cpu.append(sum(_cpu_s(p) for p in pids) - cpu0)
+                cpu.append(sum(thread_cpu_s(p) for p in pids) - cpu0)
             push.close(0)
             pull.close(0)
             ctx.term()

@@ -219,6 +219,7 @@ class HostRole:
         self.uq_producer = int(plan["tx_queue"])
         self.counts: defaultdict[str, int] = defaultdict(int)
         self._last_timer = 0
+        self._next_ctl = 0  # (control_ends_loop)
         self.holding = False  # (holding_handoffs)
         self.held: list[tuple[zmq.Socket, bytes | None, bytes, int, int]] = []
         # TCP's senders (tx, rr) change a connection's state from the thread that sends
@@ -394,38 +395,52 @@ class HostRole:
         its exact count `pending`: a message may still be crossing ZeroMQ's I/O
         threads when the socket looks empty), then flush what is held.
 
-        The wait is a blocking receive on the queue alone, ended by the socket's
-        receive timeout (QUEUE_WAIT_MS, also the counted receive's) for the timers,
-        as the ithread's is (see IthreadRole.run): control is looked at when it
-        ends empty or CONTROL_CHECK_NS after the last look."""
-        next_ctl = 0
+        The wait (`wait_message`) ends at the socket's receive timeout,
+        QUEUE_WAIT_MS (also the counted receive's), for the timers."""
         while True:
-            try:
-                first: bytes | None = sock.recv()
-            except zmq.Again:
-                first = None
-            now = time.monotonic_ns()
-            if first is None or now >= next_ctl:
-                next_ctl = now + CONTROL_CHECK_NS
-                if agent.poll_control():
-                    if agent.draining:
-                        deadline = time.monotonic() + DRAIN_WAIT_S
-                        while True:
-                            while work(first):
-                                first = None
-                            first = None
-                            if pending is None or pending() <= 0 or \
-                                    time.monotonic() > deadline:
-                                break
-                            sock.poll(10)
-                        self.end_of_run()
-                        self.reclaim_tx()
-                    return
+            first = self.wait_message(sock)
+            if self.control_ends_loop(agent, idle=first is None):
+                if agent.draining:
+                    if first is not None:
+                        work(first)
+                    deadline = time.monotonic() + DRAIN_WAIT_S
+                    while True:
+                        while work(None):
+                            pass
+                        if pending is None or pending() <= 0 or \
+                                time.monotonic() > deadline:
+                            break
+                        sock.poll(10)
+                    self.end_of_run()
+                    self.reclaim_tx()
+                return
             if first is not None:
                 work(first)
             if timers:
                 self.timers(time.monotonic_ns())
             self.reclaim_tx()
+
+    @staticmethod
+    def wait_message(sock: zmq.Socket) -> bytes | None:
+        """A role's wait for its next message: a blocking receive on its queue alone,
+        ended by the socket's receive timeout (None then), as a bare relay waits. A
+        ZeroMQ poll over the queue and the control socket cost ~20 us more CPU per
+        wakeup here (bench/bench_wait.py: ZMQ_EVENTS is a system call or two per
+        socket, asked before and after the poll sleeps)."""
+        try:
+            return sock.recv()
+        except zmq.Again:
+            return None
+
+    def control_ends_loop(self, agent: Agent, *, idle: bool) -> bool:
+        """Look at control when a wait ended empty (`idle`) or CONTROL_CHECK_NS after
+        the last look (at every wakeup it would cost a ZeroMQ poll); True if the data
+        loop must end (`Agent.poll_control`)."""
+        now = time.monotonic_ns()
+        if not idle and now < self._next_ctl:
+            return False
+        self._next_ctl = now + CONTROL_CHECK_NS
+        return agent.poll_control()
 
     def end_of_run(self) -> None:
         """Drain: fragments this process still holds will never complete."""
@@ -479,6 +494,7 @@ class IthreadRole(HostRole):
         self.direct = all(plan["stages"][s] == "ithread" for s in NETISR_STAGES)
         self.irq_sock = self.zctx.socket(zmq.PULL)
         self.irq_sock.setsockopt(zmq.LINGER, 0)
+        self.irq_sock.setsockopt(zmq.RCVTIMEO, IRQ_WAIT_MS)  # (wait_message)
         bind(self.irq_sock, plan["irq_endpoints"][self.q])
         self.workers = [push_socket(self.zctx, ep) for ep in plan["netisr_endpoints"]]
         if self.hybrid:
@@ -507,34 +523,21 @@ class IthreadRole(HostRole):
                 pass  # doorbells already pending: the NIC will look anyway
 
     def run(self, agent: Agent) -> None:
-        """Wait for the interrupt as a blocking receive on its socket alone (at most
-        IRQ_WAIT_MS, for the timers and the lost-interrupt watchdog), and look at
-        control when that wait ends empty or CONTROL_CHECK_NS after the last look.
-        A ZeroMQ poll over both sockets cost ~20 us more CPU per wakeup here
-        (ZMQ_EVENTS is a system call or two per socket, asked twice per blocking
-        poll), and each interrupt is such a wakeup."""
+        """Wait for the interrupt (`wait_message`: it ends at IRQ_WAIT_MS for the
+        timers and the lost-interrupt watchdog) and service it."""
         wait_connected(self.workers + self.users + [self.doorbell])
-        irq = self.irq_sock
-        irq.setsockopt(zmq.RCVTIMEO, IRQ_WAIT_MS)
-        next_ctl = 0
         while True:
-            try:
-                # one interrupt message (the NIC raises no other until re-armed; a
-                # stray second one ends the next wait at once)
-                irq.recv()
-                got = True
+            # one interrupt message (the NIC raises no other until re-armed; a stray
+            # second one ends the next wait at once)
+            got = self.wait_message(self.irq_sock) is not None
+            if got:
                 self.counts["interrupts"] += 1
-            except zmq.Again:
-                got = False
-            now = time.monotonic_ns()
-            if not got or now >= next_ctl:
-                next_ctl = now + CONTROL_CHECK_NS
-                if agent.poll_control():
-                    if agent.draining:
-                        self.service()
-                        self.end_of_run()
-                        self.reclaim_tx()
-                    return
+            if self.control_ends_loop(agent, idle=not got):
+                if agent.draining:
+                    self.service()
+                    self.end_of_run()
+                    self.reclaim_tx()
+                return
             if got:
                 self.service()
             elif len(self.rx) and not self.polling:
