@@ -439,7 +439,9 @@ def tcp4_input(mh, mq, seg, seg64, cl_base, hs, tw, tq, buckets,  # type: ignore
     counters), delayed-ACK state. Returns the payload bytes, or REFUSED (nothing
     written) for any other batch. uniq[:k] are the connections seen (k: up to a
     -2), and cs[q, 5] says what each owes: bit 0 TF_DELACK newly set (the caller
-    notes it for the delayed-ACK timer), bit 1 an ACK at the end of the batch.
+    notes it for the delayed-ACK timer), bit 1 an ACK at the end of the batch, and
+    bits 8 up the position of the segment that made it owed (the per-segment path
+    sends the batch's ACKs in that order).
     `sids` (n), `uniq` (n + 1) and `cs` (n x 6) are scratch.
     """
     n = hs.shape[0]
@@ -526,8 +528,8 @@ def tcp4_input(mh, mq, seg, seg64, cl_base, hs, tw, tq, buckets,  # type: ignore
         if delack_on != 0 and plen <= tw[b + _P_MAXSEG] and cs[q, 2] == 0:
             cs[q, 2] = 1
             cs[q, 5] |= 1
-        else:
-            cs[q, 5] |= 2
+        elif (cs[q, 5] & 2) == 0:  # (the segment that made it owed: bits 8 up)
+            cs[q, 5] |= 2 | (np.int64(j) << 8)
         sids[j] = i
     total = 0
     for j in range(n):  # commit, segment by segment, as tcp_input does

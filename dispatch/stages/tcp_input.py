@@ -250,14 +250,17 @@ def _tcp_input_fast(ctx: Ctx, batch: list[int]) -> Routed | None:
     ctx.stats.drops[TCP_INPUT]  # noqa: B018 - the per-segment path creates the entry too
     out = _Out()
     q = 0
+    owed: list[tuple[int, int]] = []
     while uniq[q] != -2:
         i = int(uniq[q])
         owes = int(cs[q, 5])
         if owes & 1:
             ctx.extra.setdefault(_DELACK_KEY, set()).add(i)
         if owes & 2:
-            out.acknow[i] = None
+            owed.append((owes >> 8, i))
         q += 1
+    for _, i in sorted(owed):  # in the order the segments made them owed, as
+        out.acknow[i] = None  # the per-segment path sends them
     _send_acks(ctx, tab, out)
     out.tx[SORECEIVE] = list(batch)
     return out.tx
